@@ -1,0 +1,42 @@
+"""ranksearch: find per-layer low-rank decompositions that trade accuracy against cost.
+
+The core API::
+
+    import ranksearch as rs
+    rs.compressible_layers(model)     # name -> LayerInfo (methods, max ranks)
+    rs.skipped_layers(model)          # name -> reason
+    cfg = rs.CompressionConfig({"conv1": ("tucker2", (16, 8)), "fc": ("svd", 32)})
+    small = rs.apply(model, cfg)      # a compressed copy
+    rs.count(small, input_shape=(1, 3, 32, 32))   # MACs, params, per-layer table
+"""
+
+from __future__ import annotations
+
+from .apply import apply
+from .cache import FactorCache
+from .config import CompressionConfig
+from .costs import CostReport, compare, count
+from .decompositions import Decomposition, FactorizedLayer, available_methods, get_method
+from .errors import ConfigError, RanksearchError, UnsupportedLayerError
+from .layers import LayerInfo, compressible_layers, skipped_layers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressionConfig",
+    "ConfigError",
+    "CostReport",
+    "Decomposition",
+    "FactorCache",
+    "FactorizedLayer",
+    "LayerInfo",
+    "RanksearchError",
+    "UnsupportedLayerError",
+    "apply",
+    "available_methods",
+    "compare",
+    "compressible_layers",
+    "count",
+    "get_method",
+    "skipped_layers",
+]

@@ -1,0 +1,52 @@
+"""apply(model, config): a compressed copy of a model; the user's model is never modified."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .cache import FactorCache
+from .config import CompressionConfig
+from .errors import RanksearchError
+
+__all__ = ["apply"]
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, (nn.Sequential, nn.ModuleList)) and child.isdigit():
+        parent[int(child)] = new
+    else:
+        setattr(parent, child, new)
+
+
+def apply(model: nn.Module, config: CompressionConfig, *, cache: FactorCache | None = None) -> nn.Module:
+    """Return a copy of ``model`` with every layer in ``config`` replaced by its factorized module.
+
+    Args:
+        model: any ``nn.Module``; it is deep-copied and left untouched.
+        config: which method and rank each layer gets; layers not listed stay dense.
+        cache: a :class:`FactorCache` to reuse decompositions across calls (a private one otherwise).
+
+    The copy keeps each replaced layer's device, dtype, bias and train/eval mode. Errors name the
+    layer: unknown name, unsupported method, rank out of range, non-finite weight.
+    """
+    if not isinstance(config, CompressionConfig):
+        raise RanksearchError(f"config must be a CompressionConfig, got {type(config).__name__}")
+    resolved = config.resolve(model)
+    cache = FactorCache() if cache is None else cache
+    replacements = {}
+    for layer in resolved:  # decompose from the user's model: cache keys are weight contents
+        try:
+            factors = cache.factors(layer.module, layer.method, layer.rank)
+        except RanksearchError as error:
+            raise type(error)(f"layer {layer.name!r}: {error}") from None
+        replacement = layer.method.build(layer.module, factors)
+        replacement.train(layer.module.training)
+        replacements[layer.name] = replacement
+    compressed = copy.deepcopy(model)
+    for name, replacement in replacements.items():
+        _replace(compressed, name, replacement)
+    return compressed

@@ -1,0 +1,183 @@
+"""Exact MAC and parameter counts of a model for one input shape, per layer and in total.
+
+What is counted: MACs (multiply-accumulates; one multiply-add = 1 MAC, FLOPs = 2 x MACs) of every
+convolution and Linear module call, and of modules that declare their own count with a
+``count_macs(input_shape)`` method (ranksearch's ``TTMatrixLinear``). Bias additions, normalization,
+activations, pooling and functional ops (e.g. attention's matmuls) are not counted: they are the same
+in the dense and the compressed model. This equals ``FlopCounterMode``'s count / 2 on conv/linear
+models, and fvcore's count without its BatchNorm term. Parameters are every unique parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import prod
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .decompositions import FactorizedLayer
+from .errors import RanksearchError
+
+__all__ = ["CostReport", "compare", "count", "layer_input_shapes"]
+
+COLUMNS = ["layer", "type", "method", "rank", "input_shape", "output_shape", "macs", "params"]
+
+
+def module_macs(module: nn.Module, input_shape: Sequence[int], output_shape: Sequence[int]) -> int:
+    """MACs of one call of a leaf module, 0 for modules that are not counted (see module docs)."""
+    if hasattr(module, "count_macs"):
+        return int(module.count_macs(input_shape))
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return prod(input_shape) * (module.out_channels // module.groups) * prod(module.kernel_size)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return prod(output_shape) * (module.in_channels // module.groups) * prod(module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return prod(input_shape) * module.out_features
+    return 0
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Cost of a model for one input shape.
+
+    Attributes:
+        macs: total multiply-accumulates of one forward pass on ``input_shape``.
+        params: number of unique parameters.
+        table: one row per dense layer or factorized layer (columns ``layer, type, method, rank,
+            input_shape, output_shape, macs, params``), in call order.
+        input_shape: the input shape the MACs are counted for (batch included).
+    """
+
+    macs: int
+    params: int
+    table: pd.DataFrame
+    input_shape: tuple[int, ...]
+
+    @property
+    def flops(self) -> int:
+        """FLOPs, counting a multiply-add as two operations."""
+        return 2 * self.macs
+
+    def __str__(self) -> str:
+        return (
+            f"{self.macs:,} MACs ({self.flops:,} FLOPs), {self.params:,} params for input {self.input_shape}\n"
+            + self.table.to_string(index=False)
+        )
+
+
+def _unit_of(name: str, factorized: Sequence[str]) -> str:
+    for prefix in factorized:
+        if name == prefix or name.startswith(prefix + "."):
+            return prefix
+    return name
+
+
+def count(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | None = None) -> CostReport:
+    """Count MACs and parameters of ``model`` on a zero input of ``input_shape`` (batch included).
+
+    Runs one forward pass under ``torch.no_grad()`` with the model in eval mode (its train/eval
+    state is restored), on the device and dtype of its first parameter unless ``dtype`` is given.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = dtype or (first.dtype if first is not None else torch.float32)
+    factorized = [name for name, m in model.named_modules() if isinstance(m, FactorizedLayer)]
+    calls: list[tuple[str, nn.Module, tuple, tuple]] = []
+
+    def hook(name: str):  # noqa: ANN202
+        def record(module: nn.Module, args: tuple, output: object) -> None:
+            in_shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
+            out_shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+            calls.append((name, module, in_shape, out_shape))
+
+        return record
+
+    leaves = [
+        (name, m)
+        for name, m in model.named_modules()
+        if not list(m.children()) or hasattr(m, "count_macs")
+    ]
+    handles = [m.register_forward_hook(hook(name)) for name, m in leaves]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(shape, device=device, dtype=dtype))
+    except Exception as error:  # a user model failing on this shape: say so plainly
+        raise RanksearchError(f"the model's forward pass failed on an input of shape {shape}: {error}") from error
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
+
+    rows: dict[str, dict] = {}
+    counted: set[int] = set()
+    for name, module, in_shape, out_shape in calls:
+        unit = _unit_of(name, factorized)
+        row = rows.get(unit)
+        if row is None:
+            unit_module = model.get_submodule(unit) if unit else model
+            is_factorized = isinstance(unit_module, FactorizedLayer)
+            row = rows[unit] = {
+                "layer": unit,
+                "type": type(unit_module).__name__,
+                "method": unit_module.method if is_factorized else "dense",
+                "rank": unit_module.rank if is_factorized else None,
+                "input_shape": in_shape,
+                "output_shape": out_shape,
+                "macs": 0,
+                "params": 0 if id(unit_module) in counted else _own_params(unit_module),
+            }
+            counted.add(id(unit_module))
+        row["macs"] += module_macs(module, in_shape, out_shape)
+        row["output_shape"] = out_shape
+    table = pd.DataFrame(
+        [r for r in rows.values() if r["macs"] or r["params"]], columns=COLUMNS
+    ).astype({"macs": "int64", "params": "int64"})
+    params = sum(p.numel() for p in model.parameters())
+    return CostReport(macs=int(table["macs"].sum()), params=params, table=table, input_shape=shape)
+
+
+def _own_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def layer_input_shapes(model: nn.Module, input_shape: Sequence[int], names: Sequence[str]) -> dict[str, tuple]:
+    """Input shape of each named module on a zero input of ``input_shape`` (first call if several)."""
+    report = count(model, input_shape)
+    shapes = dict(zip(report.table["layer"], report.table["input_shape"]))
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise RanksearchError(f"layers never called in the forward pass: {', '.join(missing)}")
+    return {n: shapes[n] for n in names}
+
+
+def compare(before: CostReport, after: CostReport) -> pd.DataFrame:
+    """Layer-by-layer MACs/params of two reports of the same model (e.g. dense vs compressed).
+
+    Rows are the layers with MACs (convolutions, Linear, factorized layers) in the order of
+    ``before``; the totals are over the whole models (parameters of normalization layers included).
+
+    Returns columns ``layer, method, rank, macs_before, macs_after, macs_ratio, params_before,
+    params_after, params_ratio``, with a final ``TOTAL`` row.
+    """
+    left = before.table.loc[before.table["macs"] > 0, ["layer", "macs", "params"]]
+    right = after.table.loc[after.table["macs"] > 0, ["layer", "method", "rank", "macs", "params"]]
+    table = left.merge(right, on="layer", how="outer", suffixes=("_before", "_after"), sort=False)
+    table = table.fillna({"method": "dense"}).set_index("layer")
+    total = pd.DataFrame(
+        {"macs_before": [before.macs], "params_before": [before.params], "method": [""], "rank": [None],
+         "macs_after": [after.macs], "params_after": [after.params]},
+        index=pd.Index(["TOTAL"], name="layer"),
+    )
+    table = pd.concat([table, total])
+    for what in ("macs", "params"):
+        table[f"{what}_ratio"] = (table[f"{what}_after"] / table[f"{what}_before"]).round(4)
+    order = ["method", "rank", "macs_before", "macs_after", "macs_ratio", "params_before", "params_after", "params_ratio"]
+    return table[order].reset_index()
+

@@ -1,0 +1,34 @@
+"""Decomposition methods, one module each, registered by name.
+
+Each method module is imported here explicitly, so the registry never depends on import order
+elsewhere. A new method is one new file with one ``Decomposition`` subclass, plus its import line.
+"""
+
+from __future__ import annotations
+
+from . import cp, svd, tt, tucker2  # noqa: F401  (importing registers the methods)
+from ._base import (
+    Cost,
+    Decomposition,
+    Factors,
+    FactorizedLayer,
+    Rank,
+    available_methods,
+    get_method,
+    relative_error,
+    tensorly_torch,
+)
+from .tt import TTMatrixLinear
+
+__all__ = [
+    "Cost",
+    "Decomposition",
+    "Factors",
+    "FactorizedLayer",
+    "Rank",
+    "TTMatrixLinear",
+    "available_methods",
+    "get_method",
+    "relative_error",
+    "tensorly_torch",
+]

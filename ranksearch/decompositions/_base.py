@@ -1,0 +1,305 @@
+"""The contract every decomposition method fulfils, and the registry that finds them by name.
+
+A method is one module holding one subclass::
+
+    class SVD(Decomposition, name="svd"):
+        ...
+
+Defining the class registers an instance under its name; a second class with the same name raises.
+The life of a layer through a method, in the order the library calls the hooks:
+
+1. :meth:`Decomposition.unsupported_reason` -- can this method handle the layer at all?
+2. :meth:`Decomposition.max_rank` / :meth:`Decomposition.canonical_rank` -- which ranks are valid.
+3. :meth:`Decomposition.prepare` -- rank-independent work, done once per weight (an SVD, a HOSVD).
+4. :meth:`Decomposition.factorize` -- the factors at one rank (a slice of ``prepare`` where the
+   maths allows, a fit otherwise); the :class:`~ranksearch.FactorCache` memoizes both steps.
+5. :meth:`Decomposition.build` -- the replacement module, made of standard torch layers.
+6. :meth:`Decomposition.cost` -- exact MACs and parameters of that module, without building it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+import tensorly as tl
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = [
+    "Cost",
+    "Decomposition",
+    "Factors",
+    "FactorizedLayer",
+    "Rank",
+    "available_methods",
+    "get_method",
+    "tensorly_torch",
+]
+
+Rank = Union[int, tuple[int, ...]]
+"""A method's rank: an int, or a tuple of ints for methods with several ranks (Tucker-2, TT)."""
+
+Factors = tuple[torch.Tensor, ...]
+"""The tensors a method builds its module from, in the method's own order."""
+
+_REGISTRY: dict[str, Decomposition] = {}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Exact inference cost of a module for one input shape.
+
+    Attributes:
+        macs: multiply-accumulates (one multiply-add = 1 MAC; FLOPs = 2 x MACs). Biases not counted.
+        params: number of parameters (weights and biases).
+    """
+
+    macs: int
+    params: int
+
+    @property
+    def flops(self) -> int:
+        """FLOPs, counting a multiply-add as two operations."""
+        return 2 * self.macs
+
+
+class FactorizedLayer(nn.Sequential):
+    """The replacement of one Conv2d or Linear: a short chain of standard layers.
+
+    It is an ordinary ``nn.Sequential`` (so it trains, scripts and exports to ONNX) that also
+    remembers which method and rank made it, for cost tables and reports.
+    """
+
+    def __init__(self, *layers: nn.Module, method: str, rank: Rank) -> None:
+        super().__init__(*layers)
+        self.method = method
+        self.rank = rank
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, rank={self.rank!r}"
+
+
+@contextlib.contextmanager
+def tensorly_torch() -> Iterator[None]:
+    """Run tensorly on its PyTorch backend in this thread only; the user's backend is restored."""
+    with tl.backend_context("pytorch", local_threadsafe=True):
+        yield
+
+
+class Decomposition(ABC):
+    """A low-rank factorization of a layer's weight and the module that computes with it.
+
+    Subclasses register themselves by passing ``name=`` in the class statement. Ranks are validated
+    by :meth:`canonical_rank` before any other hook sees them, so hooks can trust their ``rank``.
+    """
+
+    name: ClassVar[str]
+    nested: ClassVar[bool] = False
+    """True when every rank is a slice of one rank-independent result of :meth:`prepare`."""
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is None:  # an abstract intermediate class
+            return
+        if name in _REGISTRY:
+            raise RuntimeError(f"a decomposition named {name!r} is already registered ({type(_REGISTRY[name])})")
+        cls.name = name
+        _REGISTRY[name] = cls()
+
+    # --- what the method supports -------------------------------------------------------------
+    @abstractmethod
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        """Why this method cannot compress ``module``, or None when it can."""
+
+    @abstractmethod
+    def max_rank(self, module: nn.Module) -> Rank:
+        """The largest meaningful rank for ``module`` (per component for tuple ranks)."""
+
+    def canonical_rank(self, module: nn.Module, rank: object) -> Rank:
+        """Validate ``rank`` for ``module`` and return it in the method's canonical form.
+
+        The default accepts a single int in ``[1, max_rank]``. Raises :class:`ConfigError` with a
+        message that the caller prefixes with the layer name.
+        """
+        return check_int_rank(rank, int(self.max_rank(module)))  # type: ignore[arg-type]
+
+    # --- factorizing ----------------------------------------------------------------------------
+    def prepare(self, module: nn.Module) -> object:
+        """Rank-independent work on the weight, done once and cached (default: none)."""
+        return None
+
+    @abstractmethod
+    def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> Factors:
+        """The factors of ``module``'s weight at ``rank`` (canonical), on the weight's device."""
+
+    @abstractmethod
+    def reconstruct(self, module: nn.Module, factors: Factors) -> torch.Tensor:
+        """The dense weight the factors represent, in the layer's own weight layout."""
+
+    @abstractmethod
+    def build(self, module: nn.Module, factors: Factors) -> FactorizedLayer:
+        """The replacement module. Copies the factors and the bias, keeps device and dtype."""
+
+    @abstractmethod
+    def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
+        """Exact MACs and parameters of :meth:`build`'s module for an input of ``input_shape``."""
+
+    def cache_token(self) -> tuple[object, ...]:
+        """Settings that change the factors (seed, tolerance...); part of the factor-cache key."""
+        return ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def get_method(method: str | Decomposition) -> Decomposition:
+    """Look a method up by name (or pass an instance through); unknown names list the valid ones."""
+    if isinstance(method, Decomposition):
+        return method
+    try:
+        return _REGISTRY[method]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(available_methods())}") from None
+
+
+def available_methods() -> tuple[str, ...]:
+    """Names of the registered methods, in registration order."""
+    return tuple(_REGISTRY)
+
+
+# --- helpers shared by the methods ------------------------------------------------------------------
+
+
+def check_int_rank(rank: object, max_rank: int, what: str = "rank") -> int:
+    """``rank`` as an int in ``[1, max_rank]``, or a ConfigError saying what is wrong."""
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise ConfigError(f"{what} must be an int, got {rank!r}")
+    if not 1 <= rank <= max_rank:
+        raise ConfigError(f"{what} {rank} is outside [1, {max_rank}]")
+    return rank
+
+
+def check_rank_tuple(rank: object, max_ranks: Sequence[int], what: str = "rank") -> tuple[int, ...]:
+    """Validate a tuple rank against per-component maxima; an int ``r`` means ``min(r, max_i)`` each.
+
+    An int larger than every component's maximum is an error, so typos do not pass silently.
+    """
+    n = len(max_ranks)
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        check_int_rank(rank, max(max_ranks), what)
+        return tuple(min(rank, m) for m in max_ranks)
+    if not isinstance(rank, (tuple, list)) or len(rank) != n:
+        raise ConfigError(f"{what} must be an int or a sequence of {n} ints, got {rank!r}")
+    return tuple(check_int_rank(r, m, f"{what}[{i}]") for i, (r, m) in enumerate(zip(rank, max_ranks)))
+
+
+def batch_and_hw(input_shape: Sequence[int]) -> tuple[int, tuple[int, int]]:
+    """Split an ``(N, C, H, W)`` (or unbatched ``(C, H, W)``) input shape into N and (H, W)."""
+    shape = tuple(input_shape)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) != 4:
+        raise ConfigError(f"a Conv2d input shape must be (N, C, H, W), got {tuple(input_shape)}")
+    return shape[0], (shape[2], shape[3])
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The layer's weight, detached, in a dtype that decompositions are accurate in.
+
+    Half-precision weights are factorized in float32 and the factors cast back in :func:`new_conv`.
+    """
+    weight = module.weight.detach()
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        weight = weight.float()
+    return weight
+
+
+def new_conv(
+    reference: nn.Conv2d,
+    weight: torch.Tensor,
+    *,
+    stride: tuple[int, int] = (1, 1),
+    padding: str | tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    bias: torch.Tensor | None = None,
+    spatial: bool = False,
+) -> nn.Conv2d:
+    """A Conv2d holding a copy of ``weight`` (shape ``(out, in / groups, kh, kw)``).
+
+    Device and dtype come from ``reference``. ``spatial=True`` marks a layer that sees the
+    reference's padding, so it also takes the reference's padding mode; 1x1 layers never pad.
+    """
+    out_channels, in_per_group, kh, kw = weight.shape
+    conv = nn.Conv2d(
+        in_per_group * groups,
+        out_channels,
+        (kh, kw),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        bias=bias is not None,
+        padding_mode=reference.padding_mode if spatial else "zeros",
+        device=reference.weight.device,
+        dtype=reference.weight.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+def new_linear(reference: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A Linear holding a copy of ``weight`` (shape ``(out, in)``), on the reference's device/dtype."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(
+        in_features,
+        out_features,
+        bias=bias is not None,
+        device=reference.weight.device,
+        dtype=reference.weight.dtype,
+    )
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
+
+
+def bias_of(module: nn.Module) -> torch.Tensor | None:
+    """The layer's bias, detached, or None."""
+    return None if module.bias is None else module.bias.detach()
+
+
+def bias_params(module: nn.Module) -> int:
+    """Number of bias parameters the replacement keeps (the original's, unchanged)."""
+    return 0 if module.bias is None else module.bias.numel()
+
+
+def conv_unsupported_reason(module: nn.Module, *, needs_spatial_kernel: bool) -> str | None:
+    """The reasons shared by every Conv2d method: only ungrouped 2-D convolutions are handled."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "transposed convolution is not supported"
+    if not isinstance(module, nn.Conv2d):
+        return f"{type(module).__name__} is not supported (Conv2d only)"
+    if module.groups != 1:
+        return f"grouped convolution (groups={module.groups}) is not supported"
+    if needs_spatial_kernel and module.kernel_size == (1, 1):
+        return "1x1 kernel: nothing to factorize spatially (use svd)"
+    return None
+
+
+def relative_error(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """``||reference - approx||_F / ||reference||_F`` (0 for an all-zero reference matched exactly)."""
+    ref = reference.detach().double()
+    err = torch.linalg.vector_norm(ref - approx.detach().double())
+    norm = torch.linalg.vector_norm(ref)
+    return float(err / norm) if norm > 0 else float(err)

@@ -1,0 +1,210 @@
+"""Tensor-train (TT-SVD, Oseledets 2011) of a conv kernel or a Linear weight.
+
+Conv2d: the kernel in order ``(I, kh, kw, O)`` with TT ranks ``(r1, r2, r3)`` becomes ``1x1 (I -> r1)``,
+``kh x 1 (r1 -> r2)``, ``1 x kw (r2 -> r3)`` (each carrying its axis's stride, padding and dilation)
+and ``1x1 (r3 -> O)`` with the bias.
+
+Linear: a TT-matrix (Novikov et al., 2015). ``I`` and ``O`` are each factored into three balanced
+integer factors ``i_k``, ``o_k``; the weight, reshaped to modes ``(i_k * o_k)``, gets TT ranks
+``(r1, r2)``. No chain of standard layers computes a TT-matrix product (each core needs a reshape and
+a transpose), so the Linear form is a small module, :class:`TTMatrixLinear`, whose forward is three
+matmuls and reshapes: it trains and exports to ONNX like any module.
+
+TT-SVD is not nested (each truncation changes the later unfoldings), so every rank is its own
+``tensorly.decomposition.tensor_train`` call, memoized by the factor cache. An int rank ``r`` means
+``min(r, cap_k)`` for every bond, where ``cap_k`` is the bond's largest useful rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import torch
+from tensorly.decomposition import tensor_train
+from torch import nn
+
+from ._base import (
+    Cost,
+    Decomposition,
+    Factors,
+    FactorizedLayer,
+    Rank,
+    batch_and_hw,
+    bias_of,
+    bias_params,
+    check_rank_tuple,
+    conv_unsupported_reason,
+    new_conv,
+    tensorly_torch,
+    weight_of,
+)
+from ._geometry import axis_output_size, conv2d_macs, separable_paddings, spatial_dims
+
+__all__ = ["TT", "TTMatrixLinear", "balanced_factors"]
+
+LINEAR_CORES = 3
+
+
+def balanced_factors(n: int, parts: int) -> tuple[int, ...]:
+    """Split ``n`` into ``parts`` integer factors as equal as possible, largest first (1s allowed)."""
+    primes, rest, p = [], n, 2
+    while p * p <= rest:
+        while rest % p == 0:
+            primes.append(p)
+            rest //= p
+        p += 1
+    if rest > 1:
+        primes.append(rest)
+    factors = [1] * parts
+    for prime in sorted(primes, reverse=True):
+        factors[factors.index(min(factors))] *= prime
+    return tuple(sorted(factors, reverse=True))
+
+
+def _bond_caps(mode_sizes: Sequence[int]) -> tuple[int, ...]:
+    """Largest useful TT rank of each inner bond: min(product of modes left, product right)."""
+    return tuple(min(prod(mode_sizes[: k + 1]), prod(mode_sizes[k + 1 :])) for k in range(len(mode_sizes) - 1))
+
+
+def _linear_modes(module: nn.Linear) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return balanced_factors(module.in_features, LINEAR_CORES), balanced_factors(module.out_features, LINEAR_CORES)
+
+
+def _tt_svd(tensor: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
+    with tensorly_torch():
+        return list(tensor_train(tensor, rank=[1, *ranks, 1]).factors)
+
+
+class TTMatrixLinear(nn.Module):
+    """``y = x @ W.T + b`` with ``W`` held as a TT-matrix.
+
+    Core ``k`` has shape ``(r_{k-1}, i_k, o_k, r_k)`` with ``r_0 = r_d = 1``;
+    ``W[(o_1..o_d), (i_1..i_d)] = G_1[:, i_1, o_1, :] @ ... @ G_d[:, i_d, o_d, :]``.
+    """
+
+    def __init__(self, cores: Sequence[torch.Tensor], bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.cores = nn.ParameterList(nn.Parameter(core.clone()) for core in cores)
+        self.bias = None if bias is None else nn.Parameter(bias.clone())
+        self.in_modes = tuple(core.shape[1] for core in cores)
+        self.out_modes = tuple(core.shape[2] for core in cores)
+        self.in_features, self.out_features = prod(self.in_modes), prod(self.out_modes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, 1, *self.in_modes)  # (B, r_0=1, i_1, ..., i_d)
+        for k, core in enumerate(self.cores):
+            r_prev, i_k, o_k, r_k = core.shape
+            rest = prod(self.in_modes[k + 1 :])
+            t = rows.reshape(-1, r_prev * i_k, rest).transpose(1, 2)  # (B*O_<k, I_>k, r_prev*i_k)
+            t = t @ core.reshape(r_prev * i_k, o_k * r_k)  # (B*O_<k, I_>k, o_k*r_k)
+            rows = t.reshape(-1, rest, o_k, r_k).permute(0, 2, 3, 1)  # (B*O_<k, o_k, r_k, I_>k)
+        out = rows.reshape(*lead, self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    def count_macs(self, input_shape: Sequence[int]) -> int:
+        """Exact MACs of :meth:`forward` (its matmuls) for an input of ``input_shape``."""
+        batch = prod(input_shape) // self.in_features
+        return batch * _tt_matrix_macs(self.in_modes, self.out_modes, [c.shape[0] for c in self.cores][1:])
+
+    def extra_repr(self) -> str:
+        return f"in_modes={self.in_modes}, out_modes={self.out_modes}, bias={self.bias is not None}"
+
+
+def _tt_matrix_macs(in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int]) -> int:
+    """MACs per input row of :class:`TTMatrixLinear` with inner ``ranks``."""
+    bonds = (1, *ranks, 1)
+    return sum(
+        prod(out_modes[:k]) * prod(in_modes[k + 1 :]) * bonds[k] * in_modes[k] * out_modes[k] * bonds[k + 1]
+        for k in range(len(in_modes))
+    )
+
+
+class TT(Decomposition, name="tt"):
+    """TT-SVD: ranks ``(r1, r2, r3)`` for a Conv2d, ``(r1, r2)`` for a Linear."""
+
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        if isinstance(module, nn.Linear):
+            return None
+        return conv_unsupported_reason(module, needs_spatial_kernel=True)
+
+    def _caps(self, module: nn.Module) -> tuple[int, ...]:
+        if isinstance(module, nn.Linear):
+            in_modes, out_modes = _linear_modes(module)
+            return _bond_caps([i * o for i, o in zip(in_modes, out_modes)])
+        out_channels, in_channels, kh, kw = module.weight.shape
+        return _bond_caps([in_channels, kh, kw, out_channels])
+
+    def max_rank(self, module: nn.Module) -> tuple[int, ...]:
+        return self._caps(module)
+
+    def canonical_rank(self, module: nn.Module, rank: object) -> tuple[int, ...]:
+        return check_rank_tuple(rank, self._caps(module), "ranks")
+
+    def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> Factors:
+        weight = weight_of(module)
+        if isinstance(module, nn.Linear):
+            in_modes, out_modes = _linear_modes(module)
+            d = len(in_modes)
+            tensor = weight.reshape(*out_modes, *in_modes)  # (o_1..o_d, i_1..i_d)
+            tensor = tensor.permute(*(p for k in range(d) for p in (d + k, k)))  # (i_1, o_1, ..., i_d, o_d)
+            tensor = tensor.reshape([i * o for i, o in zip(in_modes, out_modes)])
+            cores = _tt_svd(tensor, rank)  # (r_{k-1}, i_k*o_k, r_k)
+            return tuple(c.reshape(c.shape[0], i, o, c.shape[2]) for c, i, o in zip(cores, in_modes, out_modes))
+        return tuple(_tt_svd(weight.permute(1, 2, 3, 0), rank))  # (1,I,r1), (r1,kh,r2), (r2,kw,r3), (r3,O,1)
+
+    def reconstruct(self, module: nn.Module, factors: Factors) -> torch.Tensor:
+        if isinstance(module, nn.Linear):
+            d = len(factors)
+            full = factors[0]
+            for core in factors[1:]:
+                full = torch.tensordot(full, core, dims=([full.ndim - 1], [0]))
+            full = full.reshape(*full.shape[1:-1])  # (i_1, o_1, ..., i_d, o_d)
+            full = full.permute(*range(1, 2 * d, 2), *range(0, 2 * d, 2))  # (o_1..o_d, i_1..i_d)
+            return full.reshape(module.weight.shape)
+        g1, g2, g3, g4 = factors
+        return torch.einsum("ia,ahb,bwc,co->oihw", g1[0], g2, g3, g4[:, :, 0])
+
+    def build(self, module: nn.Module, factors: Factors) -> FactorizedLayer:
+        rank = tuple(core.shape[-1] for core in factors[:-1])
+        if isinstance(module, nn.Linear):
+            dtype, device = module.weight.dtype, module.weight.device
+            cores = [core.to(device=device, dtype=dtype) for core in factors]
+            bias = bias_of(module)
+            return FactorizedLayer(TTMatrixLinear(cores, bias), method=self.name, rank=rank)
+        g1, g2, g3, g4 = factors
+        (_, sh, _, dh), (_, sw, _, dw) = spatial_dims(module)
+        pad_h, pad_w = separable_paddings(module)
+        layers = (
+            new_conv(module, g1[0].T[:, :, None, None]),  # (r1, I, 1, 1)
+            new_conv(
+                module, g2.permute(2, 0, 1)[..., None], stride=(sh, 1), padding=pad_h, dilation=(dh, 1), spatial=True
+            ),  # (r2, r1, kh, 1)
+            new_conv(
+                module, g3.permute(2, 0, 1)[:, :, None, :], stride=(1, sw), padding=pad_w, dilation=(1, dw), spatial=True
+            ),  # (r3, r2, 1, kw)
+            new_conv(module, g4[:, :, 0].T[:, :, None, None], bias=bias_of(module)),  # (O, r3, 1, 1)
+        )
+        return FactorizedLayer(*layers, method=self.name, rank=rank)
+
+    def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
+        if isinstance(module, nn.Linear):
+            in_modes, out_modes = _linear_modes(module)
+            bonds = (1, *rank, 1)
+            params = sum(bonds[k] * i * o * bonds[k + 1] for k, (i, o) in enumerate(zip(in_modes, out_modes)))
+            rows = prod(input_shape) // module.in_features
+            return Cost(rows * _tt_matrix_macs(in_modes, out_modes, rank), params + bias_params(module))
+        r1, r2, r3 = rank
+        out_channels, in_channels, kh, kw = module.weight.shape
+        batch, (h, w) = batch_and_hw(input_shape)
+        axis_h, axis_w = spatial_dims(module)
+        h_out, w_out = axis_output_size(h, axis_h), axis_output_size(w, axis_w)
+        macs = (
+            conv2d_macs(batch, (h, w), in_channels, r1, 1)
+            + conv2d_macs(batch, (h_out, w), r1, r2, kh)
+            + conv2d_macs(batch, (h_out, w_out), r2, r3, kw)
+            + conv2d_macs(batch, (h_out, w_out), r3, out_channels, 1)
+        )
+        params = in_channels * r1 + r1 * r2 * kh + r2 * r3 * kw + r3 * out_channels + bias_params(module)
+        return Cost(macs, params)
