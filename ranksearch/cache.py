@@ -120,7 +120,7 @@ class FactorCache:
             self._errors[key] = relative_error(module.weight, approx)
         return self._errors[key]
 
-    def _timed(self, compute):  # noqa: ANN001, ANN202  (a private thunk runner)
+    def _timed(self, compute):
         start = time.perf_counter()
         with torch.no_grad():
             result = compute()

@@ -95,10 +95,10 @@ class CompressionConfig(Mapping[str, Entry]):
 
     def __init__(self, layers: Mapping[str, Entry] | None = None) -> None:
         if layers is not None and not isinstance(layers, Mapping):
-            raise ConfigError(f"a CompressionConfig is built from a mapping of layer names, got {type(layers).__name__}")
-        self._layers: dict[str, Entry] = {
-            name: _normalize_entry(name, value) for name, value in (layers or {}).items()
-        }
+            raise ConfigError(
+                f"a CompressionConfig is built from a mapping of layer names, got {type(layers).__name__}"
+            )
+        self._layers: dict[str, Entry] = {name: _normalize_entry(name, value) for name, value in (layers or {}).items()}
 
     # --- Mapping ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Entry:
@@ -220,4 +220,3 @@ def _unknown_layer_message(name: str, model: nn.Module, candidates: Mapping[str,
     close = get_close_matches(name, list(candidates), n=3)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
     return f"unknown layer {name!r}: the model has no such module{hint}"
-

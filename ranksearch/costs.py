@@ -88,7 +88,7 @@ def count(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | 
     factorized = [name for name, m in model.named_modules() if isinstance(m, FactorizedLayer)]
     calls: list[tuple[str, nn.Module, tuple, tuple]] = []
 
-    def hook(name: str):  # noqa: ANN202
+    def hook(name: str):
         def record(module: nn.Module, args: tuple, output: object) -> None:
             in_shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
             out_shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
@@ -96,11 +96,7 @@ def count(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | 
 
         return record
 
-    leaves = [
-        (name, m)
-        for name, m in model.named_modules()
-        if not list(m.children()) or hasattr(m, "count_macs")
-    ]
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children()) or hasattr(m, "count_macs")]
     handles = [m.register_forward_hook(hook(name)) for name, m in leaves]
     modes = {m: m.training for m in model.modules()}
     try:
@@ -136,9 +132,9 @@ def count(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | 
             counted.add(id(unit_module))
         row["macs"] += module_macs(module, in_shape, out_shape)
         row["output_shape"] = out_shape
-    table = pd.DataFrame(
-        [r for r in rows.values() if r["macs"] or r["params"]], columns=COLUMNS
-    ).astype({"macs": "int64", "params": "int64"})
+    table = pd.DataFrame([r for r in rows.values() if r["macs"] or r["params"]], columns=COLUMNS).astype(
+        {"macs": "int64", "params": "int64"}
+    )
     params = sum(p.numel() for p in model.parameters())
     return CostReport(macs=int(table["macs"].sum()), params=params, table=table, input_shape=shape)
 
@@ -150,7 +146,7 @@ def _own_params(module: nn.Module) -> int:
 def layer_input_shapes(model: nn.Module, input_shape: Sequence[int], names: Sequence[str]) -> dict[str, tuple]:
     """Input shape of each named module on a zero input of ``input_shape`` (first call if several)."""
     report = count(model, input_shape)
-    shapes = dict(zip(report.table["layer"], report.table["input_shape"]))
+    shapes = dict(zip(report.table["layer"], report.table["input_shape"], strict=True))
     missing = [n for n in names if n not in shapes]
     if missing:
         raise RanksearchError(f"layers never called in the forward pass: {', '.join(missing)}")
@@ -168,16 +164,35 @@ def compare(before: CostReport, after: CostReport) -> pd.DataFrame:
     """
     left = before.table.loc[before.table["macs"] > 0, ["layer", "macs", "params"]]
     right = after.table.loc[after.table["macs"] > 0, ["layer", "method", "rank", "macs", "params"]]
-    table = left.merge(right, on="layer", how="outer", suffixes=("_before", "_after"), sort=False)
-    table = table.fillna({"method": "dense"}).set_index("layer")
+    table = left.merge(right, on="layer", how="left", suffixes=("_before", "_after"))
+    only_after = right[~right["layer"].isin(left["layer"])].rename(
+        columns={"macs": "macs_after", "params": "params_after"}
+    )
+    table = pd.concat([table, only_after]).fillna({"method": "dense"}).set_index("layer")
     total = pd.DataFrame(
-        {"macs_before": [before.macs], "params_before": [before.params], "method": [""], "rank": [None],
-         "macs_after": [after.macs], "params_after": [after.params]},
+        {
+            "macs_before": [before.macs],
+            "params_before": [before.params],
+            "method": [""],
+            "rank": [None],
+            "macs_after": [after.macs],
+            "params_after": [after.params],
+        },
         index=pd.Index(["TOTAL"], name="layer"),
     )
     table = pd.concat([table, total])
+    counts = ["macs_before", "macs_after", "params_before", "params_after"]
+    table[counts] = table[counts].astype("Int64")
     for what in ("macs", "params"):
         table[f"{what}_ratio"] = (table[f"{what}_after"] / table[f"{what}_before"]).round(4)
-    order = ["method", "rank", "macs_before", "macs_after", "macs_ratio", "params_before", "params_after", "params_ratio"]
+    order = [
+        "method",
+        "rank",
+        "macs_before",
+        "macs_after",
+        "macs_ratio",
+        "params_before",
+        "params_after",
+        "params_ratio",
+    ]
     return table[order].reset_index()
-

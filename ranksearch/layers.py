@@ -140,7 +140,7 @@ def skipped_layers(model: nn.Module) -> dict[str, str]:
         by_method = _method_reasons(model.get_submodule(name))
         if all(reason is not None for reason in by_method.values()):
             distinct = dict.fromkeys(by_method.values())
-            skipped[name] = next(iter(distinct)) if len(distinct) == 1 else "; ".join(
-                f"{m}: {r}" for m, r in by_method.items()
+            skipped[name] = (
+                next(iter(distinct)) if len(distinct) == 1 else "; ".join(f"{m}: {r}" for m, r in by_method.items())
             )
     return skipped

@@ -91,7 +91,7 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         stages, channels = [], widths[0]
-        for i, (width, count) in enumerate(zip(widths, per_stage)):
+        for i, (width, count) in enumerate(zip(widths, per_stage, strict=True)):
             layers = []
             for j in range(count):
                 layers.append(BasicBlock(channels, width, 2 if (i > 0 and j == 0) else 1, shortcut))

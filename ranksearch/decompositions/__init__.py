@@ -10,8 +10,8 @@ from . import cp, svd, tt, tucker2  # noqa: F401  (importing registers the metho
 from ._base import (
     Cost,
     Decomposition,
-    Factors,
     FactorizedLayer,
+    Factors,
     Rank,
     available_methods,
     get_method,
@@ -23,8 +23,8 @@ from .tt import TTMatrixLinear
 __all__ = [
     "Cost",
     "Decomposition",
-    "Factors",
     "FactorizedLayer",
+    "Factors",
     "Rank",
     "TTMatrixLinear",
     "available_methods",

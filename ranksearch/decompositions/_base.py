@@ -34,8 +34,8 @@ from ..errors import ConfigError
 __all__ = [
     "Cost",
     "Decomposition",
-    "Factors",
     "FactorizedLayer",
+    "Factors",
     "Rank",
     "available_methods",
     "get_method",
@@ -196,7 +196,7 @@ def check_rank_tuple(rank: object, max_ranks: Sequence[int], what: str = "rank")
         return tuple(min(rank, m) for m in max_ranks)
     if not isinstance(rank, (tuple, list)) or len(rank) != n:
         raise ConfigError(f"{what} must be an int or a sequence of {n} ints, got {rank!r}")
-    return tuple(check_int_rank(r, m, f"{what}[{i}]") for i, (r, m) in enumerate(zip(rank, max_ranks)))
+    return tuple(check_int_rank(r, m, f"{what}[{i}]") for i, (r, m) in enumerate(zip(rank, max_ranks, strict=True)))
 
 
 def batch_and_hw(input_shape: Sequence[int]) -> tuple[int, tuple[int, int]]:

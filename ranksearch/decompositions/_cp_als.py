@@ -10,9 +10,8 @@ tensorly's error on the same tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import torch
 from tensorly.decomposition._cp import initialize_cp
@@ -53,7 +52,7 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(rhs.T, chol).T
 
 
-def cp_als(tensor: torch.Tensor, rank: int, *, tol: float = 1e-6, max_iter: int = 500, seed: int = 0) -> CPResult:
+def cp_als(tensor: torch.Tensor, rank: int, *, tol: float = 1e-4, max_iter: int = 500, seed: int = 0) -> CPResult:
     """Fit a rank-``rank`` CP decomposition of ``tensor`` by alternating least squares.
 
     Args:

@@ -20,8 +20,8 @@ from torch import nn
 from ._base import (
     Cost,
     Decomposition,
-    Factors,
     FactorizedLayer,
+    Factors,
     Rank,
     batch_and_hw,
     bias_of,
@@ -45,7 +45,7 @@ class CP(Decomposition, name="cp"):
         seed: seed of the random part of the initialisation.
     """
 
-    def __init__(self, tol: float = 1e-6, max_iter: int = 500, seed: int = 0) -> None:
+    def __init__(self, tol: float = 1e-4, max_iter: int = 500, seed: int = 0) -> None:
         self.tol, self.max_iter, self.seed = tol, max_iter, seed
 
     def cache_token(self) -> tuple[object, ...]:
@@ -78,10 +78,22 @@ class CP(Decomposition, name="cp"):
         layers = (
             new_conv(module, a_in.T[:, :, None, None]),  # (R, I, 1, 1)
             new_conv(
-                module, a_h.T[:, None, :, None], stride=(sh, 1), padding=pad_h, dilation=(dh, 1), groups=rank, spatial=True
+                module,
+                a_h.T[:, None, :, None],
+                stride=(sh, 1),
+                padding=pad_h,
+                dilation=(dh, 1),
+                groups=rank,
+                spatial=True,
             ),  # (R, 1, kh, 1)
             new_conv(
-                module, a_w.T[:, None, None, :], stride=(1, sw), padding=pad_w, dilation=(1, dw), groups=rank, spatial=True
+                module,
+                a_w.T[:, None, None, :],
+                stride=(1, sw),
+                padding=pad_w,
+                dilation=(1, dw),
+                groups=rank,
+                spatial=True,
             ),  # (R, 1, 1, kw)
             new_conv(module, a_out[:, :, None, None], bias=bias_of(module)),  # (O, R, 1, 1)
         )

@@ -19,8 +19,8 @@ from torch import nn
 from ._base import (
     Cost,
     Decomposition,
-    Factors,
     FactorizedLayer,
+    Factors,
     Rank,
     batch_and_hw,
     bias_of,

@@ -27,8 +27,8 @@ from torch import nn
 from ._base import (
     Cost,
     Decomposition,
-    Factors,
     FactorizedLayer,
+    Factors,
     Rank,
     batch_and_hw,
     bias_of,
@@ -65,6 +65,19 @@ def balanced_factors(n: int, parts: int) -> tuple[int, ...]:
 def _bond_caps(mode_sizes: Sequence[int]) -> tuple[int, ...]:
     """Largest useful TT rank of each inner bond: min(product of modes left, product right)."""
     return tuple(min(prod(mode_sizes[: k + 1]), prod(mode_sizes[k + 1 :])) for k in range(len(mode_sizes) - 1))
+
+
+def _effective_ranks(ranks: Sequence[int], mode_sizes: Sequence[int]) -> tuple[int, ...]:
+    """Ranks reduced to what their neighbours allow: ``r_k <= r_{k-1} n_k`` and ``r_k <= n_{k+1} r_{k+1}``.
+
+    TT-SVD cannot produce more (the unfolding it truncates has no more rows or columns).
+    """
+    bonds = [1, *ranks, 1]
+    for k in range(1, len(bonds) - 1):
+        bonds[k] = min(bonds[k], bonds[k - 1] * mode_sizes[k - 1])
+    for k in range(len(bonds) - 2, 0, -1):
+        bonds[k] = min(bonds[k], mode_sizes[k] * bonds[k + 1])
+    return tuple(bonds[1:-1])
 
 
 def _linear_modes(module: nn.Linear) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -129,18 +142,22 @@ class TT(Decomposition, name="tt"):
             return None
         return conv_unsupported_reason(module, needs_spatial_kernel=True)
 
-    def _caps(self, module: nn.Module) -> tuple[int, ...]:
+    def _mode_sizes(self, module: nn.Module) -> list[int]:
         if isinstance(module, nn.Linear):
             in_modes, out_modes = _linear_modes(module)
-            return _bond_caps([i * o for i, o in zip(in_modes, out_modes)])
+            return [i * o for i, o in zip(in_modes, out_modes, strict=True)]
         out_channels, in_channels, kh, kw = module.weight.shape
-        return _bond_caps([in_channels, kh, kw, out_channels])
+        return [in_channels, kh, kw, out_channels]
 
     def max_rank(self, module: nn.Module) -> tuple[int, ...]:
-        return self._caps(module)
+        return _bond_caps(self._mode_sizes(module))
 
     def canonical_rank(self, module: nn.Module, rank: object) -> tuple[int, ...]:
-        return check_rank_tuple(rank, self._caps(module), "ranks")
+        """Each bond within ``[1, cap_k]`` (an int ``r`` means ``min(r, cap_k)``), then reduced to what its
+        neighbours allow: TT-SVD cannot give a bond more than ``r_{k-1} n_k`` or ``n_{k+1} r_{k+1}``.
+        """
+        sizes = self._mode_sizes(module)
+        return _effective_ranks(check_rank_tuple(rank, _bond_caps(sizes), "ranks"), sizes)
 
     def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> Factors:
         weight = weight_of(module)
@@ -149,9 +166,11 @@ class TT(Decomposition, name="tt"):
             d = len(in_modes)
             tensor = weight.reshape(*out_modes, *in_modes)  # (o_1..o_d, i_1..i_d)
             tensor = tensor.permute(*(p for k in range(d) for p in (d + k, k)))  # (i_1, o_1, ..., i_d, o_d)
-            tensor = tensor.reshape([i * o for i, o in zip(in_modes, out_modes)])
+            tensor = tensor.reshape([i * o for i, o in zip(in_modes, out_modes, strict=True)])
             cores = _tt_svd(tensor, rank)  # (r_{k-1}, i_k*o_k, r_k)
-            return tuple(c.reshape(c.shape[0], i, o, c.shape[2]) for c, i, o in zip(cores, in_modes, out_modes))
+            return tuple(
+                c.reshape(c.shape[0], i, o, c.shape[2]) for c, i, o in zip(cores, in_modes, out_modes, strict=True)
+            )
         return tuple(_tt_svd(weight.permute(1, 2, 3, 0), rank))  # (1,I,r1), (r1,kh,r2), (r2,kw,r3), (r3,O,1)
 
     def reconstruct(self, module: nn.Module, factors: Factors) -> torch.Tensor:
@@ -182,7 +201,12 @@ class TT(Decomposition, name="tt"):
                 module, g2.permute(2, 0, 1)[..., None], stride=(sh, 1), padding=pad_h, dilation=(dh, 1), spatial=True
             ),  # (r2, r1, kh, 1)
             new_conv(
-                module, g3.permute(2, 0, 1)[:, :, None, :], stride=(1, sw), padding=pad_w, dilation=(1, dw), spatial=True
+                module,
+                g3.permute(2, 0, 1)[:, :, None, :],
+                stride=(1, sw),
+                padding=pad_w,
+                dilation=(1, dw),
+                spatial=True,
             ),  # (r3, r2, 1, kw)
             new_conv(module, g4[:, :, 0].T[:, :, None, None], bias=bias_of(module)),  # (O, r3, 1, 1)
         )
@@ -192,7 +216,9 @@ class TT(Decomposition, name="tt"):
         if isinstance(module, nn.Linear):
             in_modes, out_modes = _linear_modes(module)
             bonds = (1, *rank, 1)
-            params = sum(bonds[k] * i * o * bonds[k + 1] for k, (i, o) in enumerate(zip(in_modes, out_modes)))
+            params = sum(
+                bonds[k] * i * o * bonds[k + 1] for k, (i, o) in enumerate(zip(in_modes, out_modes, strict=True))
+            )
             rows = prod(input_shape) // module.in_features
             return Cost(rows * _tt_matrix_macs(in_modes, out_modes, rank), params + bias_params(module))
         r1, r2, r3 = rank

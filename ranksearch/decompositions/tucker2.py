@@ -20,8 +20,8 @@ from torch import nn
 from ._base import (
     Cost,
     Decomposition,
-    Factors,
     FactorizedLayer,
+    Factors,
     Rank,
     batch_and_hw,
     bias_of,
@@ -46,8 +46,9 @@ class Tucker2(Decomposition, name="tucker2"):
         return conv_unsupported_reason(module, needs_spatial_kernel=True)
 
     def max_rank(self, module: nn.Module) -> tuple[int, int]:
-        out_channels, in_channels = module.weight.shape[:2]
-        return out_channels, in_channels
+        """``(O, I)``, each capped by the rank of its unfolding (e.g. a 1-channel stem has I*kh*kw < O)."""
+        out_channels, in_channels, kh, kw = module.weight.shape
+        return min(out_channels, in_channels * kh * kw), min(in_channels, out_channels * kh * kw)
 
     def canonical_rank(self, module: nn.Module, rank: object) -> tuple[int, ...]:
         return check_rank_tuple(rank, self.max_rank(module), "rank (r_out, r_in)")
@@ -58,7 +59,7 @@ class Tucker2(Decomposition, name="tucker2"):
             factors = []
             for mode in (0, 1):
                 unfolded = tl.unfold(weight, mode)  # (dim, rest)
-                u, _, _ = tl.svd_interface(unfolded, method="truncated_svd", n_eigenvecs=unfolded.shape[0])
+                u, _, _ = tl.svd_interface(unfolded, method="truncated_svd", n_eigenvecs=min(unfolded.shape))
                 factors.append(u)
             core = tl.tenalg.multi_mode_dot(weight, factors, modes=[0, 1], transpose=True)
         return core, factors[0], factors[1]  # (O, I, kh, kw), U_out (O, O), U_in (I, I)

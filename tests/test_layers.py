@@ -1,0 +1,62 @@
+"""Which layers are compressible, and the reason for every layer that is not."""
+
+from __future__ import annotations
+
+from torch import nn
+
+import ranksearch as rs
+from ranksearch.models import resnet20, small_cnn
+
+
+class Zoo(nn.Module):
+    """One of each kind of layer a user's model may hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.pointwise = nn.Conv2d(16, 16, 1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.transposed = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.conv1d = nn.Conv1d(4, 4, 3)
+        self.head = nn.Linear(16, 10)
+        self.tied_a = nn.Linear(10, 10)
+        self.tied_b = nn.Linear(10, 10)
+        self.tied_b.weight = self.tied_a.weight
+        self.reused = nn.Linear(10, 10)
+        self.blocks = nn.ModuleList([self.reused])
+        self.attention = nn.MultiheadAttention(16, 2)
+        self.lazy = nn.LazyLinear(4)
+
+
+def test_zoo_reasons():
+    model = Zoo()
+    layers, skipped = rs.compressible_layers(model), rs.skipped_layers(model)
+    assert set(layers) == {"conv", "pointwise", "head"}
+    assert layers["conv"].methods == ("cp", "svd", "tt", "tucker2")
+    assert layers["pointwise"].methods == ("svd",)
+    assert layers["pointwise"].unsupported["cp"] == "1x1 kernel: nothing to factorize spatially (use svd)"
+    assert layers["head"].methods == ("svd", "tt")
+    assert layers["conv"].max_ranks == {"cp": 1152 // 30, "svd": 16, "tt": (8, 24, 16), "tucker2": (16, 8)}
+    assert skipped == {
+        "grouped": "grouped convolution (groups=4) is not supported",
+        "depthwise": "grouped convolution (groups=16) is not supported",
+        "transposed": "transposed convolution is not supported",
+        "conv1d": "Conv1d is not supported (Conv2d only)",
+        "tied_a": "weight shared by several modules (tied_a.weight, tied_b.weight)",
+        "tied_b": "weight shared by several modules (tied_a.weight, tied_b.weight)",
+        "reused": "module registered under several names (reused, blocks.0)",
+        "attention.out_proj": (
+            "output projection of nn.MultiheadAttention (the weight is used directly, not the module)"
+        ),
+        "lazy": "lazy module with uninitialized parameters: run a forward pass first",
+    }
+
+
+def test_builtin_models_are_fully_compressible():
+    layers = rs.compressible_layers(resnet20())
+    assert len(layers) == 20 and not rs.skipped_layers(resnet20())  # 19 convs + fc
+    assert layers["conv1"].max_ranks["tucker2"] == (16, 3)  # the 3-channel stem caps r_in at 3
+    cnn = small_cnn(in_channels=1)
+    assert cnn[0][0] is cnn.get_submodule("0.0")
+    assert rs.compressible_layers(cnn)["0.0"].max_ranks["tucker2"] == (9, 1)  # 1 input channel, 3x3
