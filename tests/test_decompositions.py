@@ -224,7 +224,8 @@ def test_registry_finds_by_name_or_instance_and_refuses_duplicates():
 
 
 @pytest.mark.parametrize(
-    ("method_name", "case"), [("svd", "rect-stride-bias"), ("tucker2", "3x3"), ("cp", "circular"), ("tt", "linear-bias")]
+    ("method_name", "case"),
+    [("svd", "rect-stride-bias"), ("tucker2", "3x3"), ("cp", "circular"), ("tt", "linear-bias")],
 )
 def test_built_modules_train_and_export(method_name, case):
     """Factorized modules are ordinary modules: gradients flow and torch.export captures them."""
