@@ -1,5 +1,6 @@
 """The ``ranksearch`` command line.
 
+- ``ranksearch run STUDY.toml``: run (or continue) the study a file describes and print its Pareto front.
 - ``ranksearch layers``: which layers of a built-in model can be compressed, how, and up to which rank.
 - ``ranksearch demo``: compress a built-in model with a hand-written config and print the cost table.
 """
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ranksearch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ranksearch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run or continue a study file's search, then print the Pareto front")
+    run.add_argument("study_file", help="a study file, e.g. studies/digits_cnn.toml")
+    run.add_argument("--n-trials", type=int, help="total trial budget (default: the file's [study] n_trials)")
+    run.add_argument("--storage", help="Optuna storage URL (default: the file's, or sqlite:///runs/<name>.db)")
+    run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
 
     layers = commands.add_parser("layers", help="list compressible and skipped layers of a built-in model")
     _add_model_arguments(layers)
@@ -112,17 +119,55 @@ def _run_demo(args: argparse.Namespace) -> None:
         print(f"config written to {args.save_config}")
 
 
+def _run_study(args: argparse.Namespace) -> None:
+    from .runner import prepare_search  # imports Optuna: only for the commands that need it
+    from .studyfile import load_study_file
+
+    study_file = load_study_file(args.study_file)
+    budget = study_file.study.n_trials if args.n_trials is None else args.n_trials
+    if budget < 1:
+        raise RanksearchError(f"--n-trials must be >= 1, got {budget}")
+    search = prepare_search(study_file, storage=args.storage)
+    dense = search.evaluator.dense
+    todo = search.remaining(budget)
+    print(
+        f"study {study_file.study.name!r} in {search.storage_url}: {len(search.layers)} layers searched, "
+        f"dense accuracy {dense.accuracy:.4f}, {dense.macs:,} MACs, {dense.params:,} params; "
+        f"{budget - todo}/{budget} trials done, running {todo}"
+    )
+    try:
+        search.optimize(todo, timeout=args.timeout if args.timeout is not None else study_file.study.timeout)
+    except KeyboardInterrupt:
+        print(f"interrupted: {search.remaining(budget)} trials left; run the same command again to continue")
+        raise
+    front = search.pareto_front()
+    columns = [
+        c
+        for c in (*search.objectives, "accuracy_zero_shot", "accuracy_recalibrated", "params_ratio", "methods")
+        if c in front.columns
+    ]
+    print(
+        f"\nPareto front ({len(front)} of {len(search.completed_trials())} completed trials; "
+        "macs/params are fractions of the dense model):"
+    )
+    print(front[["trial", *dict.fromkeys(columns)]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ranksearch`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "layers":
+        if args.command == "run":
+            _run_study(args)
+        elif args.command == "layers":
             _print_layers(args)
         elif args.command == "demo":
             _run_demo(args)
     except RanksearchError as error:
         print(f"ranksearch: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -65,3 +65,16 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_task():
+    """A small CNN trained for a few epochs on 8x8 digits, with its loaders: (model, train, val)."""
+    from ranksearch.baseline import TrainSettings, train
+    from ranksearch.data import digits, make_loaders
+    from ranksearch.models import small_cnn
+
+    splits = digits(image_size=8)
+    train_loader, val_loader = make_loaders(splits, batch_size=32, eval_batch_size=120, seed=0)
+    model = train(small_cnn(in_channels=1, num_classes=10, width=4), splits.train, TrainSettings(epochs=3, lr=0.05))
+    return model, train_loader, val_loader

@@ -1,0 +1,144 @@
+"""Train a built-in model on a built-in dataset once, and cache the weights with their accuracy.
+
+The ready studies start from a trained model, which this module produces on first use (seconds for
+the digits CNN, minutes for ResNet-20 on Fashion-MNIST) and stores under the cache folder, keyed by
+everything that determines the result (model, its options, dataset, its options, training settings,
+seed). Files are written atomically (temporary file + rename); a file that cannot be read is
+retrained with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .errors import RanksearchError
+
+__all__ = ["TrainSettings", "load_or_train", "train"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Baseline training: SGD with momentum, one-cycle-like cosine schedule, cross-entropy.
+
+    Attributes:
+        epochs: passes over the training set.
+        lr: peak learning rate.
+        batch_size: training batch size (the study's data loader is used for evaluation only).
+        weight_decay: SGD weight decay.
+        seed: seeds initialisation and data order.
+    """
+
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 64
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RanksearchError(f"baseline setting {name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise RanksearchError(f"baseline setting lr must be a number > 0, got {self.lr!r}")
+
+
+def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` over ``loader``."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for inputs, targets in loader:
+            logits = model(inputs.to(device))
+            correct += (logits.argmax(1) == targets.to(device)).sum().item()
+            total += len(targets)
+    return correct / max(total, 1)
+
+
+def train(
+    model: nn.Module, train_set: torch.utils.data.Dataset, settings: TrainSettings, device: str = "cpu"
+) -> nn.Module:
+    """Train ``model`` in place on ``train_set``; returns it in eval mode."""
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator, drop_last=True)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay, nesterov=True
+    )
+    total = settings.epochs * len(loader)
+    step = 0
+    for _ in range(settings.epochs):
+        for inputs, targets in loader:
+            warmup = min(1.0, (step + 1) / max(1, total // 10))
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr * warmup * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
+            if not torch.isfinite(loss):
+                raise RanksearchError(f"baseline training diverged (loss {loss.item()}) at step {step}: lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return model.eval()
+
+
+def _key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_or_train(
+    model: nn.Module,
+    identity: dict,
+    train_set: torch.utils.data.Dataset,
+    val_loader: DataLoader,
+    settings: TrainSettings,
+    cache_dir: str | Path,
+    *,
+    device: str = "cpu",
+    log: callable = print,
+) -> tuple[nn.Module, float, Path]:
+    """Load the trained weights for ``identity`` + ``settings`` from ``cache_dir``, or train and store them.
+
+    Returns the model (eval mode), its validation accuracy and the cache file's path.
+    """
+    full_identity = {**identity, "train": asdict(settings)}
+    path = Path(cache_dir) / f"{identity.get('model', 'model')}-{_key(full_identity)}.pt"
+    if path.exists():
+        try:
+            stored = torch.load(path, map_location=device, weights_only=True)
+            model.load_state_dict(stored["state_dict"])
+            return model.to(device).eval(), float(stored["accuracy"]), path
+        except Exception as error:  # truncated or foreign file: rebuild it
+            warnings.warn(f"baseline cache {path} is unreadable ({error}); retraining", stacklevel=2)
+    log(f"training the baseline {identity.get('model')} on {identity.get('data')} for {settings.epochs} epochs ...")
+    train(model, train_set, settings, device)
+    accuracy = evaluate_accuracy(model, val_loader, torch.device(device))
+    atomic_torch_save({"state_dict": model.state_dict(), "accuracy": accuracy, "identity": full_identity}, path)
+    log(f"baseline accuracy {accuracy:.4f}, saved to {path}")
+    return model, accuracy, path

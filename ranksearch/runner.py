@@ -1,0 +1,92 @@
+"""From a study file to a running search: data, model (trained on first use), and the RankSearch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .baseline import load_or_train
+from .data import load_dataset, make_loaders
+from .errors import RanksearchError
+from .models import build_model
+from .study import RankSearch
+from .studyfile import StudyFile
+
+__all__ = ["load_model", "prepare_search"]
+
+
+def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None] = print) -> nn.Module:
+    """The study's trained model: a saved module from ``[model] path``, or a built-in one trained on first use."""
+    section = study_file.model
+    if section.path is not None:
+        path = Path(section.path)
+        if not path.is_file():
+            raise RanksearchError(f"{study_file.path}: [model] path {str(path)!r} does not exist")
+        try:  # a full pickled module: only load files you trust
+            model = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:
+            raise RanksearchError(f"{study_file.path}: [model] path {str(path)!r} cannot be loaded: {error}") from None
+        if not isinstance(model, nn.Module):
+            raise RanksearchError(
+                f"{study_file.path}: [model] path {str(path)!r} holds a {type(model).__name__}, not a torch.nn.Module "
+                "(save the module itself with torch.save(model, path))"
+            )
+        return model.eval()
+    options = {"in_channels": splits.input_shape[0], "num_classes": splits.num_classes, **section.options}
+    try:
+        model = build_model(section.name, **options)
+    except TypeError as error:
+        raise RanksearchError(f"{study_file.path}: [model] options {section.options} do not fit: {error}") from None
+    identity = {
+        "model": section.name,
+        "model_options": options,
+        "data": study_file.data.name,
+        "data_options": study_file.data.options,
+    }
+    _, val_loader = make_loaders(splits, batch_size=study_file.data.eval_batch_size)
+    model, accuracy, path = load_or_train(
+        model,
+        identity,
+        splits.train,
+        val_loader,
+        study_file.baseline.train,
+        study_file.baseline.cache_dir,
+        device=study_file.evaluator.device,
+        log=log,
+    )
+    log(f"baseline {section.name}: accuracy {accuracy:.4f} on {study_file.data.name} ({path})")
+    return model
+
+
+def prepare_search(
+    study_file: StudyFile, *, storage: str | None = None, log: Callable[[str], None] = print
+) -> RankSearch:
+    """Load data and model and open (or resume) the study the file describes."""
+    try:
+        splits = load_dataset(study_file.data.name, **study_file.data.options)
+    except RanksearchError as error:
+        raise RanksearchError(f"{study_file.path}: [data] {error}") from None
+    train_loader, val_loader = make_loaders(
+        splits,
+        batch_size=study_file.data.batch_size,
+        eval_batch_size=study_file.data.eval_batch_size,
+        seed=study_file.study.seed,
+    )
+    model = load_model(study_file, splits, log)
+    section = study_file.study
+    return RankSearch(
+        model,
+        train_loader,
+        val_loader,
+        objectives=section.objectives,
+        storage=storage or study_file.storage,
+        study_name=section.name,
+        space=study_file.space,
+        evaluator=study_file.evaluator,
+        sampler=section.sampler,
+        seed=section.seed,
+        warm_start=section.warm_start,
+    )

@@ -1,0 +1,355 @@
+"""The Optuna edge: objectives, sampler, storage, warm starts, resume, and the Pareto front.
+
+This is the only module that imports Optuna. A trial suggests, per searched layer, a method and a rank
+fraction (a conditional space: the fraction only exists for the chosen method); the evaluator measures
+the config; the objectives and every measurement are stored in the study, so the study can be resumed,
+inspected (optuna-dashboard reads the same storage) and reported without this process.
+
+Objective values are defined in :mod:`ranksearch.objectives`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from torch import nn
+
+from .cache import FactorCache
+from .config import DENSE, CompressionConfig
+from .errors import RanksearchError
+from .evaluator import Evaluation, Evaluator, EvaluatorSettings, Metric
+from .objectives import OBJECTIVES, check_objectives, check_sampler
+from .space import LayerChoices, SearchSpace
+
+__all__ = ["RankSearch", "make_sampler", "param_names", "trials_frame"]
+
+STUDY_ATTR = "ranksearch"
+WARM_START_FRACTIONS = (0.25, 0.5)
+WARM_START_METHODS = ("tucker2", "svd")
+
+
+def param_names(layer: str, method: str | None = None) -> str:
+    """The Optuna parameter name of a layer's method choice, or of its rank fraction for ``method``."""
+    return f"{layer}.method" if method is None else f"{layer}.{method}.rank_fraction"
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler by name. TPE (multivariate, grouped) is the default: it models the conditional
+    per-layer space (a rank only exists for the chosen method); NSGA-II/III treat it as independent
+    parameters and waste trials on inactive ones.
+    """
+    if name == "tpe":
+        with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "nsga3":
+        with warnings.catch_warnings():  # experimental in Optuna; chosen explicitly by the user
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.NSGAIIISampler(seed=seed)
+    check_sampler(name)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _open_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if str(path) not in ("", ":memory:"):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise RanksearchError(f"cannot create the folder for storage {url!r}: {error.strerror}") from None
+    try:
+        return optuna.storages.RDBStorage(url) if "://" in url else _bad_url(url)
+    except RanksearchError:
+        raise
+    except Exception as error:
+        raise RanksearchError(f"cannot open storage {url!r}: {type(error).__name__}: {error}") from None
+
+
+def _bad_url(url: str) -> optuna.storages.BaseStorage:
+    raise RanksearchError(f"storage {url!r} is not a database URL (e.g. sqlite:///runs/study.db)")
+
+
+class RankSearch:
+    """A multi-objective rank search over one model.
+
+    Args:
+        model: the trained model to compress (never modified).
+        train_loader: training batches (BatchNorm recalibration and fine-tuning).
+        val_loader: validation batches (the accuracy objective).
+        objectives: two or more of ``accuracy``, ``macs``, ``params`` (``latency`` arrives later).
+        storage: an Optuna storage URL; default ``sqlite:///runs/<study_name>.db``; None for memory.
+        study_name: the study's name in the storage; an existing study is resumed.
+        space: methods, rank grid and layer selection.
+        evaluator: fine-tune and measurement settings.
+        sampler: ``"tpe"`` (default), ``"nsga2"``, ``"nsga3"`` or ``"random"``.
+        seed: seeds the sampler (the evaluator has its own seed).
+        warm_start: kept-rank fractions of the uniform configs enqueued first, after the dense model.
+        metric: ``metric(logits, targets) -> float`` replacing top-1 accuracy (higher is better).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: Iterable,
+        val_loader: Iterable,
+        *,
+        objectives: Sequence[str] = ("accuracy", "macs"),
+        storage: str | None = "default",
+        study_name: str = "ranksearch",
+        space: SearchSpace | None = None,
+        evaluator: EvaluatorSettings | None = None,
+        sampler: str = "tpe",
+        seed: int = 0,
+        warm_start: Sequence[float] = WARM_START_FRACTIONS,
+        metric: Metric | None = None,
+        cache: FactorCache | None = None,
+    ) -> None:
+        self.objectives = check_objectives(objectives)
+        self.space = space or SearchSpace()
+        self.layers: dict[str, LayerChoices] = self.space.layers(model)
+        self.sampler_name = sampler
+        sampler_obj = make_sampler(sampler, seed)
+        self.evaluator = Evaluator(model, train_loader, val_loader, evaluator, metric=metric, cache=cache)
+        if storage == "default":
+            storage = f"sqlite:///runs/{study_name}.db"
+        self.storage_url = storage
+        self.study = self._create_or_load(storage, study_name, sampler_obj)
+        if not self.study.trials:
+            self._enqueue_warm_starts(warm_start)
+
+    # --- study identity ----------------------------------------------------------------------
+    def _identity(self) -> dict[str, object]:
+        return {
+            "objectives": list(self.objectives),
+            "layers": {name: list(layer.methods) for name, layer in self.layers.items()},
+            "rank_fractions": list(self.space.rank_fractions),
+            "rank_multiple": self.space.rank_multiple,
+        }
+
+    def _create_or_load(
+        self, storage: str | None, study_name: str, sampler: optuna.samplers.BaseSampler
+    ) -> optuna.Study:
+        backend = None if storage is None else _open_storage(storage)
+        directions = [OBJECTIVES[o] for o in self.objectives]
+        study = optuna.create_study(
+            storage=backend, study_name=study_name, sampler=sampler, directions=directions, load_if_exists=True
+        )
+        identity = self._identity()
+        stored = study.user_attrs.get(STUDY_ATTR)
+        if stored is None:
+            if study.trials:
+                raise RanksearchError(f"study {study_name!r} in {storage} exists but was not made by ranksearch")
+            study.set_user_attr(STUDY_ATTR, identity)
+            study.set_user_attr("evaluator", asdict(self.evaluator.settings))
+            study.set_user_attr("dense", asdict(self.evaluator.dense))
+            study.set_user_attr("sampler", self.sampler_name)
+            return study
+        for key, value in identity.items():
+            if json.loads(json.dumps(stored.get(key))) != json.loads(json.dumps(value)):
+                raise RanksearchError(
+                    f"study {study_name!r} in {storage} exists with different {key}: stored {stored.get(key)}, "
+                    f"asked {value}; use another study name (or storage) for a different search"
+                )
+        return study
+
+    def _enqueue_warm_starts(self, fractions: Sequence[float]) -> None:
+        self.study.enqueue_trial(self._params({n: (DENSE, None) for n in self.layers}), skip_if_exists=True)
+        for method in WARM_START_METHODS:
+            if not any(method in layer.methods for layer in self.layers.values()):
+                continue
+            for fraction in fractions:
+                picks = self.space.uniform_config(self.layers, (method, "svd"), fraction)
+                self.study.enqueue_trial(self._params(picks), skip_if_exists=True)
+
+    def _params(self, picks: Mapping[str, tuple[str, float | None]]) -> dict[str, object]:
+        params: dict[str, object] = {}
+        for name, (method, fraction) in picks.items():
+            if method not in self.layers[name].methods:
+                method = self.layers[name].methods[0]
+            params[param_names(name)] = method
+            if method != DENSE:
+                params[param_names(name, method)] = fraction
+        return params
+
+    # --- trials -------------------------------------------------------------------------------
+    def suggest(self, trial: optuna.Trial) -> CompressionConfig:
+        """The config a trial proposes: per layer a method, and a rank fraction for that method."""
+        picks = {}
+        for name, layer in self.layers.items():
+            method = trial.suggest_categorical(param_names(name), layer.methods)
+            fraction = (
+                None if method == DENSE else trial.suggest_categorical(param_names(name, method), layer.fractions)
+            )
+            picks[name] = (method, fraction)
+        return self.space.to_config(self.layers, picks)
+
+    def _objective(self, trial: optuna.Trial) -> tuple[float, ...]:
+        result = self.evaluator.evaluate(self.suggest(trial))
+        for key, value in result.attributes().items():
+            trial.set_user_attr(key, _jsonable(value))
+        if result.failure is not None:
+            raise TrialFailed(result.failure)
+        return tuple(_objective_value(result, name) for name in self.objectives)
+
+    def optimize(
+        self,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        *,
+        show_progress: bool = True,
+        callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    ) -> None:
+        """Run ``n_trials`` more trials (or until ``timeout`` seconds); failed trials are recorded and skipped."""
+        if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0):
+            raise RanksearchError(f"n_trials must be an int >= 0, got {n_trials!r}")
+        if timeout is not None and not timeout > 0:
+            raise RanksearchError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if n_trials == 0:
+            return
+        progress = [_Progress(self, n_trials)] if show_progress else []
+        verbosity = optuna.logging.get_verbosity()
+        if show_progress:  # our progress line replaces Optuna's per-trial log lines (failures included)
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            self.study.optimize(
+                self._objective,
+                n_trials=n_trials,
+                timeout=timeout,
+                catch=(TrialFailed,),
+                callbacks=[*progress, *callbacks],
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+
+    def remaining(self, budget: int) -> int:
+        """Trials still to run for a total ``budget``: finished and failed trials count, queued ones do not."""
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+        return max(0, budget - len(self.study.get_trials(deepcopy=False, states=states)))
+
+    # --- results ------------------------------------------------------------------------------
+    def completed_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """Trials that finished with values, in order."""
+        return self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        """One row per completed trial: objectives, measurements and a config summary."""
+        return trials_frame(self.study)
+
+    def pareto_front(self) -> pd.DataFrame:
+        """The Pareto-optimal trials (non-dominated over the study's objectives), cheapest first."""
+        frame = self.trials_dataframe()
+        return frame[frame["is_pareto"].astype(bool)].drop(columns="is_pareto").reset_index(drop=True)
+
+    def config(self, trial_number: int) -> CompressionConfig:
+        """The CompressionConfig a trial evaluated."""
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        if trial_number not in trials:
+            raise RanksearchError(f"no trial {trial_number} in study {self.study.study_name!r} ({len(trials)} trials)")
+        return CompressionConfig.from_dict(trials[trial_number].user_attrs["config"])
+
+
+class TrialFailed(Exception):
+    """A trial whose evaluation failed (the reason is in its ``failure`` user attribute)."""
+
+
+def _objective_value(result: Evaluation, name: str) -> float:
+    return {"accuracy": result.accuracy, "macs": result.macs_ratio, "params": result.params_ratio}[name]
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def config_summary(config: Mapping[str, object]) -> str:
+    """``"svd:3 tucker2:5 dense:12"``: how many layers each method got."""
+    counts: dict[str, int] = {}
+    for spec in config.get("layers", {}).values():
+        counts[spec["method"]] = counts.get(spec["method"], 0) + 1
+    return " ".join(f"{m}:{n}" for m, n in sorted(counts.items()))
+
+
+def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """True when ``a`` is at least as good as ``b`` in every objective and better in one."""
+    sign = [1 if d == "maximize" else -1 for d in directions]
+    better_or_equal = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
+    return better_or_equal and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """Completed trials of a ranksearch study as a DataFrame with an ``is_pareto`` column."""
+    identity = study.user_attrs.get(STUDY_ATTR, {})
+    objectives = identity.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
+    directions = [d.name.lower() for d in study.directions]
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = t.user_attrs
+        row = {"trial": t.number, **dict(zip(objectives, t.values, strict=True))}
+        for key in ("accuracy_zero_shot", "accuracy_recalibrated", "accuracy_finetuned", "macs", "params"):
+            row[f"{key}_count" if key in objectives else key] = attrs.get(key)
+        row["macs_ratio"], row["params_ratio"] = attrs.get("macs_ratio"), attrs.get("params_ratio")
+        row["finetune_skipped"] = attrs.get("finetune_skipped")
+        row["seconds"] = (attrs.get("seconds") or {}).get("total")
+        row["methods"] = config_summary(attrs.get("config", {}))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["trial", *objectives, "is_pareto"])
+    values = frame[objectives].to_numpy()
+    frame["is_pareto"] = [not any(dominates(other, mine, directions) for other in values) for mine in values]
+    cost = next((o for o in objectives if o != "accuracy"), objectives[0])
+    return frame.sort_values([cost, "trial"]).reset_index(drop=True)
+
+
+class _Progress:
+    """Prints one line per finished trial: progress, best so far, Pareto size, ETA."""
+
+    def __init__(self, search: RankSearch, n_trials: int | None) -> None:
+        self.search, self.n_trials, self.start, self.done = search, n_trials, time.perf_counter(), 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        total = f"/{self.n_trials}" if self.n_trials else ""
+        eta = ""
+        if self.n_trials:
+            eta = f" | ETA {_duration(elapsed / self.done * (self.n_trials - self.done))}"
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            now = " ".join(f"{o}={v:.4g}" for o, v in zip(self.search.objectives, trial.values, strict=True))
+        else:
+            now = f"{trial.state.name.lower()}: {trial.user_attrs.get('failure', '')}"[:80]
+        completed = self.search.completed_trials()
+        best = []
+        for i, (name, direction) in enumerate(zip(self.search.objectives, study.directions, strict=True)):
+            pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
+            if completed:
+                best.append(f"{name}={pick(t.values[i] for t in completed):.4g}")
+        pareto = len(study.best_trials) if completed else 0
+        print(
+            f"[{self.done}{total}] trial {trial.number}: {now} | best {' '.join(best)} | pareto {pareto} "
+            f"| {elapsed / self.done:.1f} s/trial{eta}",
+            file=sys.stdout,
+            flush=True,
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"

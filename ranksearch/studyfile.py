@@ -1,0 +1,239 @@
+"""Study files: a TOML description of a whole rank search, validated key by key.
+
+```toml
+[study]            # name, storage, objectives, n_trials (total budget), timeout, sampler, seed, warm_start
+[model]            # name (built-in) + options, or path (a torch.save'd nn.Module)
+[data]             # name (built-in dataset) + options, batch_size, eval_batch_size
+[baseline]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, cache_dir
+[space]            # SearchSpace: methods, rank_fractions, rank_multiple, include, exclude, overrides
+[evaluator]        # EvaluatorSettings: finetune_steps, lr, momentum, weight_decay, eval_batches, bn_batches, ...
+```
+
+Each section maps onto one frozen dataclass (the search space and evaluator sections onto the very
+classes the Python API takes), so a key means the same thing in both places. Unknown keys, wrong types
+and bad values are errors that name the file, the section and the key. Relative paths are relative to
+the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from pathlib import Path
+
+from .baseline import TrainSettings
+from .errors import RanksearchError
+from .evaluator import EvaluatorSettings
+from .objectives import check_objectives, check_sampler
+from .space import SearchSpace
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["BaselineSection", "DataSection", "ModelSection", "StudyFile", "StudySection", "load_study_file"]
+
+
+@dataclass(frozen=True)
+class StudySection:
+    """``[study]``: identity, storage, objectives and budget.
+
+    Attributes:
+        name: the study's name in the storage (default: the file's stem).
+        storage: Optuna storage URL (default: ``sqlite:///runs/<name>.db``).
+        objectives: two or more of accuracy, macs, params.
+        n_trials: the total trial budget; re-running continues until it is reached.
+        timeout: stop starting new trials after this many seconds (per run).
+        sampler: tpe, nsga2, nsga3 or random.
+        seed: sampler seed.
+        warm_start: kept-rank fractions of the uniform configs tried first (after the dense model).
+    """
+
+    name: str = ""
+    storage: str | None = None
+    objectives: tuple[str, ...] = ("accuracy", "macs")
+    n_trials: int = 50
+    timeout: float | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    warm_start: tuple[float, ...] = (0.25, 0.5)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """``[model]``: a built-in model by ``name`` (with ``options``), or a ``path`` to a saved module."""
+
+    name: str | None = None
+    path: str | None = None
+    options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``[data]``: a built-in dataset by ``name`` with ``options``, and the loaders' batch sizes."""
+
+    name: str = "digits"
+    options: dict[str, object] = field(default_factory=dict)
+    batch_size: int = 64
+    eval_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class BaselineSection:
+    """``[baseline]``: how a built-in model is trained on first use, and where it is cached."""
+
+    train: TrainSettings = field(default_factory=TrainSettings)
+    cache_dir: str = "runs/baselines"
+
+
+@dataclass(frozen=True)
+class StudyFile:
+    """A parsed, validated study file."""
+
+    path: Path
+    study: StudySection
+    model: ModelSection
+    data: DataSection
+    baseline: BaselineSection
+    space: SearchSpace
+    evaluator: EvaluatorSettings
+
+    @property
+    def storage(self) -> str:
+        """The storage URL, defaulting to ``sqlite:///runs/<name>.db``."""
+        return self.study.storage or f"sqlite:///runs/{self.study.name}.db"
+
+
+_SECTIONS = ("study", "model", "data", "baseline", "space", "evaluator")
+
+
+_NAMES = {int: "int", float: "number", str: "string", bool: "boolean", type(None): "nothing"}
+
+
+def _type_name(hint: object, article: bool = True) -> str:
+    """``"an int"``, ``"a list of strings"``, ``"a string or nothing"``... for error messages."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a, article) for a in typing.get_args(hint) if a is not type(None))
+    if origin is tuple:
+        return ("a " if article else "") + f"list of {_type_name(typing.get_args(hint)[0], article=False)}s"
+    if origin in (dict, Mapping) or hint is dict:
+        return ("a " if article else "") + "table"
+    name = _NAMES.get(hint, str(hint))
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}" if article else name
+
+
+def _coerce(value: object, hint: object) -> object:
+    """``value`` converted to ``hint`` (lists to tuples, ints to floats), or TypeError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise TypeError
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(v, item) for v in value)
+    if origin in (dict, Mapping) or hint is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        args = typing.get_args(hint)
+        return {k: _coerce(v, args[1]) for k, v in value.items()} if len(args) == 2 else dict(value)
+    if hint is object:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise TypeError
+    if isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise TypeError
+
+
+def _build(cls: type, table: object, where: str) -> object:
+    """An instance of dataclass ``cls`` from a TOML table; errors name ``where`` and the key."""
+    if not isinstance(table, dict):
+        raise RanksearchError(f"{where} must be a table, got {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in table.items():
+        if key not in names:
+            close = get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(names)})"
+            raise RanksearchError(f"{where}: unknown key {key!r}{hint}")
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except TypeError:
+            raise RanksearchError(
+                f"{where}: {key} must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
+            ) from None
+    try:
+        return cls(**kwargs)
+    except RanksearchError as error:
+        raise RanksearchError(f"{where}: {error}") from None
+
+
+def load_study_file(path: str | Path) -> StudyFile:
+    """Read and validate a study file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise RanksearchError(f"cannot read study file {str(path)!r}: {error.strerror}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RanksearchError(f"{path}: not valid TOML: {error}") from None
+    if not document:
+        raise RanksearchError(f"{path}: the study file is empty (it needs at least [model] and [data])")
+    unknown = [key for key in document if key not in _SECTIONS]
+    if unknown:
+        raise RanksearchError(f"{path}: unknown section [{unknown[0]}] (valid: {', '.join(_SECTIONS)})")
+    study = _build(StudySection, document.get("study", {}), f"{path}: [study]")
+    if not study.name:
+        study = dataclasses.replace(study, name=path.stem)
+    try:
+        check_objectives(study.objectives)
+        check_sampler(study.sampler)
+    except RanksearchError as error:
+        raise RanksearchError(f"{path}: [study] {error}") from None
+    if study.n_trials < 1:
+        raise RanksearchError(f"{path}: [study] n_trials must be >= 1, got {study.n_trials}")
+    if study.timeout is not None and study.timeout <= 0:
+        raise RanksearchError(f"{path}: [study] timeout must be > 0 seconds, got {study.timeout}")
+    model = _build(ModelSection, document.get("model", {}), f"{path}: [model]")
+    if (model.name is None) == (model.path is None):
+        raise RanksearchError(f"{path}: [model] needs exactly one of 'name' (a built-in model) or 'path'")
+    data = _build(DataSection, document.get("data", {}), f"{path}: [data]")
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(data, key) < 1:
+            raise RanksearchError(f"{path}: [data] {key} must be >= 1, got {getattr(data, key)}")
+    baseline_table = dict(document.get("baseline", {})) if isinstance(document.get("baseline", {}), dict) else None
+    if baseline_table is None:
+        raise RanksearchError(f"{path}: [baseline] must be a table")
+    cache_dir = baseline_table.pop("cache_dir", "runs/baselines")
+    if not isinstance(cache_dir, str):
+        raise RanksearchError(f"{path}: [baseline] cache_dir must be a string, got {cache_dir!r}")
+    train = _build(TrainSettings, baseline_table, f"{path}: [baseline]")
+    return StudyFile(
+        path=path,
+        study=study,
+        model=model,
+        data=data,
+        baseline=BaselineSection(train=train, cache_dir=cache_dir),
+        space=_build(SearchSpace, document.get("space", {}), f"{path}: [space]"),
+        evaluator=_build(EvaluatorSettings, document.get("evaluator", {}), f"{path}: [evaluator]"),
+    )
