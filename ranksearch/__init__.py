@@ -8,6 +8,10 @@ The core API::
     cfg = rs.CompressionConfig({"conv1": ("tucker2", (16, 8)), "fc": ("svd", 32)})
     small = rs.apply(model, cfg)      # a compressed copy
     rs.count(small, input_shape=(1, 3, 32, 32))   # MACs, params, per-layer table
+    search = rs.RankSearch(model, train_loader, val_loader, objectives=("accuracy", "macs"))
+    search.optimize(n_trials=50); search.pareto_front()
+
+``RankSearch`` is the only part that needs Optuna; it is imported on first use.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from .config import CompressionConfig
 from .costs import CostReport, compare, count
 from .decompositions import Decomposition, FactorizedLayer, available_methods, get_method
 from .errors import ConfigError, RanksearchError, UnsupportedLayerError
+from .evaluator import Evaluator, EvaluatorSettings
 from .layers import LayerInfo, compressible_layers, skipped_layers
+from .space import SearchSpace
 
 __version__ = "0.1.0"
 
@@ -27,10 +33,14 @@ __all__ = [
     "ConfigError",
     "CostReport",
     "Decomposition",
+    "Evaluator",
+    "EvaluatorSettings",
     "FactorCache",
     "FactorizedLayer",
     "LayerInfo",
+    "RankSearch",
     "RanksearchError",
+    "SearchSpace",
     "UnsupportedLayerError",
     "apply",
     "available_methods",
@@ -40,3 +50,11 @@ __all__ = [
     "get_method",
     "skipped_layers",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "RankSearch":  # the Optuna edge, imported only when asked for
+        from .study import RankSearch
+
+        return RankSearch
+    raise AttributeError(f"module 'ranksearch' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Built-in models for the demo, the ready studies, tests and benchmarks (randomly initialised).
 
-- ``small_cnn``: three 3x3 conv blocks and a two-layer head (about 0.55 M params at 32x32).
+- ``small_cnn``: three 3x3 conv blocks and a two-layer head (0.62 M params, 10 M MACs at 32x32).
 - ``resnet20``: the CIFAR ResNet-20 of He et al. (2016), option-A (parameter-free) shortcuts,
   widths 16/32/64 (0.27 M params).
 - ``resnet18_cifar``: ResNet-18 widths 64-512 with a 3x3 stem for 32x32 inputs (11.2 M params).
@@ -27,10 +27,14 @@ def _conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequent
 
 
 def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> nn.Module:
-    """Conv(w) - Conv(2w) - pool - Conv(4w) - pool - Linear(256) - Linear(classes)."""
+    """Conv(w) - pool - Conv(2w) - pool - Conv(4w) - pool to 4x4 - Linear(256) - Linear(classes).
+
+    About 10 M MACs per 32x32 image at ``width=32``, most of them in the two inner 3x3 convs.
+    """
     return nn.Sequential(
         _conv_bn(in_channels, width),
         nn.ReLU(),
+        nn.MaxPool2d(2),
         _conv_bn(width, 2 * width),
         nn.ReLU(),
         nn.MaxPool2d(2),

@@ -14,7 +14,7 @@ import ranksearch as rs
 from ranksearch.evaluator import Evaluator, EvaluatorSettings
 
 FAST = EvaluatorSettings(finetune_steps=4, bn_batches=2, eval_batches=2)
-CONFIG = rs.CompressionConfig({"0.0": ("svd", 3), "2.0": ("tucker2", 2), "5.0": ("cp", 4), "9": ("tt", 4)})
+CONFIG = rs.CompressionConfig({"0.0": ("svd", 3), "3.0": ("tucker2", 2), "6.0": ("cp", 4), "10": ("tt", 4)})
 
 
 def test_dense_and_compressed_trials_record_everything(tiny_task):
@@ -50,8 +50,8 @@ def test_same_seed_gives_the_same_metrics(tiny_task):
 def test_trials_reuse_the_factor_cache(tiny_task):
     model, train_loader, val_loader = tiny_task
     evaluator = Evaluator(model, train_loader, val_loader, FAST)
-    evaluator.evaluate(rs.CompressionConfig({"2.0": ("svd", 4)}))
-    evaluator.evaluate(rs.CompressionConfig({"2.0": ("svd", 8)}))
+    evaluator.evaluate(rs.CompressionConfig({"3.0": ("svd", 4)}))
+    evaluator.evaluate(rs.CompressionConfig({"3.0": ("svd", 8)}))
     assert evaluator.cache.stats.misses == 1  # one SVD; the second rank (and the errors) are slices
 
 

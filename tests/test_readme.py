@@ -1,4 +1,4 @@
-"""The README's Python example runs as written."""
+"""The README's Python examples run as written (the search one with a tiny budget on a tiny model)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,26 @@ import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_python_example_runs(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert blocks, "the README has no Python example"
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), {})
+def test_the_core_example_runs(capsys):
+    block = next(b for b in BLOCKS if "rs.FactorCache()" in b)
+    exec(compile(block, str(README), "exec"), {})
     assert "CacheStats(hits=2, misses=1" in capsys.readouterr().out
+
+
+def test_the_search_example_runs_on_your_model_and_loaders(tiny_task, tmp_path):
+    block = next(b for b in BLOCKS if "rs.RankSearch(" in b)
+    shrunk = (
+        block.replace("n_trials=100", "n_trials=3")
+        .replace("finetune_steps=50", "finetune_steps=2")
+        .replace("eval_batches=10", "eval_batches=1")
+        .replace("sqlite:///runs/mine.db", f"sqlite:///{tmp_path}/mine.db")
+    )
+    assert shrunk.count("\n") == block.count("\n") and shrunk != block
+    model, train_loader, val_loader = tiny_task
+    namespace = {"model": model, "train_loader": train_loader, "val_loader": val_loader}
+    exec(compile(shrunk, str(README), "exec"), namespace)
+    assert len(namespace["front"]) >= 1
+    assert namespace["small"] is not model
