@@ -45,6 +45,9 @@ class EvaluatorSettings:
         bn_batches: training batches for BatchNorm recalibration (0 = no recalibration).
         accuracy_floor: skip the fine-tune when the recalibrated accuracy is below this (0 = never).
         device: torch device for fine-tune and evaluation, e.g. "cpu" or "cuda".
+        threads: CPU threads for torch (``torch.set_num_threads``, process-wide); None keeps torch's
+            default. On a busy machine fewer threads than cores avoids oversubscription, which slowed a
+            training step 5x here when another process held one of the two cores.
         seed: seeds the fine-tune (the same seed gives the same metrics on CPU).
     """
 
@@ -56,6 +59,7 @@ class EvaluatorSettings:
     bn_batches: int = 10
     accuracy_floor: float = 0.0
     device: str = "cpu"
+    threads: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,10 +67,10 @@ class EvaluatorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise RanksearchError(f"evaluator setting {name} must be an int >= 0, got {value!r}")
-        if self.eval_batches is not None and (not isinstance(self.eval_batches, int) or self.eval_batches < 1):
-            raise RanksearchError(
-                f"evaluator setting eval_batches must be an int >= 1 or None, got {self.eval_batches!r}"
-            )
+        for name in ("eval_batches", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise RanksearchError(f"evaluator setting {name} must be an int >= 1 or None, got {value!r}")
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
@@ -189,6 +193,8 @@ class Evaluator:
         cache: FactorCache | None = None,
     ) -> None:
         self.settings = settings or EvaluatorSettings()
+        if self.settings.threads is not None:
+            torch.set_num_threads(self.settings.threads)
         self.device = torch.device(self.settings.device)
         self.model = copy.deepcopy(model).to(self.device).eval()
         self.metric = metric or _accuracy

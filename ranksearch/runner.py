@@ -65,6 +65,8 @@ def prepare_search(
     study_file: StudyFile, *, storage: str | None = None, log: Callable[[str], None] = print
 ) -> RankSearch:
     """Load data and model and open (or resume) the study the file describes."""
+    if study_file.evaluator.threads is not None:  # before the baseline trains
+        torch.set_num_threads(study_file.evaluator.threads)
     try:
         splits = load_dataset(study_file.data.name, **study_file.data.options)
     except RanksearchError as error:
