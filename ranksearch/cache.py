@@ -7,7 +7,7 @@ over the weight; it is memoized per tensor and redone when the tensor is modifie
 version counter moves) or replaced (its storage moves).
 
 For nested methods (SVD, Tucker-2) one rank-independent result is stored and every rank is a slice of
-it (slices are views: they cost no memory). Fitted methods (CP, TT) store one result per rank.
+it (a view: no copy, no memory). Fitted methods (CP, TT) store one result per rank.
 """
 
 from __future__ import annotations
@@ -88,11 +88,14 @@ class FactorCache:
         return (method.name, method.cache_token(), str(weight.device), self._digest(weight))
 
     def factors(self, module: nn.Module, method: str | Decomposition, rank: Rank) -> Factors:
-        """The factors of ``module``'s weight by ``method`` at ``rank`` (canonical form).
+        """The factors of ``module``'s weight by ``method`` at ``rank``.
 
-        Callers must not modify the returned tensors in place: they may be views into the cache.
+        ``rank`` is validated and put in canonical form first (so ``8`` and ``(8, 8)`` for Tucker-2 are
+        one entry, and a bad rank is a :class:`ConfigError`). Callers must not modify the returned
+        tensors in place: they may be views into the cache.
         """
         method = get_method(method)
+        rank = method.canonical_rank(module, rank)
         key = self._key(module, method)
         if method.nested:
             prepared = self._prepared.get(key)
@@ -114,6 +117,7 @@ class FactorCache:
     def relative_error(self, module: nn.Module, method: str | Decomposition, rank: Rank) -> float:
         """``||W - W_rank|| / ||W||`` of the factorization served by :meth:`factors` (memoized)."""
         method = get_method(method)
+        rank = method.canonical_rank(module, rank)
         key = (*self._key(module, method), rank)
         if key not in self._errors:
             approx = method.reconstruct(module, self.factors(module, method, rank))

@@ -151,3 +151,16 @@ def test_non_finite_weights_are_refused():
 def test_config_must_be_a_compression_config():
     with pytest.raises(rs.RanksearchError, match="config must be a CompressionConfig, got dict"):
         rs.apply(Nested(), {"stem.0": ("svd", 2)})
+
+
+def test_the_cache_canonicalizes_and_validates_ranks():
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    cache = rs.FactorCache()
+    first = cache.factors(conv, "tucker2", 8)
+    again = cache.factors(conv, "tucker2", (8, 8))
+    assert cache.stats.misses == 1 and all(a.data_ptr() == b.data_ptr() for a, b in zip(first, again, strict=True))
+    for method, bad in (("svd", 0), ("svd", 1000), ("cp", 0), ("tucker2", (100, 100)), ("tt", (1, 2))):
+        with pytest.raises(rs.ConfigError):
+            cache.factors(conv, method, bad)
+    left, right = cache.factors(conv, "svd", 4)
+    assert left.shape == (16, 4) and right.shape == (4, 144) and left._base is not None  # views, not copies

@@ -41,11 +41,14 @@ class CP(Decomposition, name="cp"):
 
     Args:
         tol: relative-improvement stopping rule of the ALS.
-        max_iter: ALS iteration cap.
+        max_iter: ALS iteration cap. 100 (tensorly's default) keeps fits fast enough for a search: on a
+            64x64x3x3 kernel with a decaying spectrum at R=128 the error is 0.157 after 100 sweeps and
+            0.141 after the 315 the tolerance alone would run (3x the time); a brief fine-tune closes
+            such gaps. Register a ``CP(max_iter=...)`` variant to refit finalists more tightly.
         seed: seed of the random part of the initialisation.
     """
 
-    def __init__(self, tol: float = 1e-4, max_iter: int = 500, seed: int = 0) -> None:
+    def __init__(self, tol: float = 1e-4, max_iter: int = 100, seed: int = 0) -> None:
         self.tol, self.max_iter, self.seed = tol, max_iter, seed
 
     def cache_token(self) -> tuple[object, ...]:

@@ -54,12 +54,12 @@ class SVD(Decomposition, name="svd"):
         matrix = weight_of(module).reshape(module.weight.shape[0], -1)  # (O, I*kh*kw)
         with tensorly_torch():
             u, s, vh = tl.svd_interface(matrix, method="truncated_svd", n_eigenvecs=min(matrix.shape))
-        return u, s, vh
+        root = s.sqrt()  # the split of each singular value does not depend on the rank
+        return u * root, root[:, None] * vh  # (O, K), (K, I*kh*kw)
 
     def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> Factors:
-        u, s, vh = prepared  # (O, K), (K,), (K, I*kh*kw)
-        root = s[:rank].sqrt()
-        return u[:, :rank] * root, root[:, None] * vh[:rank]  # (O, r), (r, I*kh*kw)
+        left, right = prepared
+        return left[:, :rank], right[:rank]  # views: (O, r), (r, I*kh*kw)
 
     def reconstruct(self, module: nn.Module, factors: Factors) -> torch.Tensor:
         left, right = factors
