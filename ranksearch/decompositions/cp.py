@@ -44,7 +44,7 @@ class CP(Decomposition, name="cp"):
         max_iter: ALS iteration cap. 100 (tensorly's default) keeps fits fast enough for a search: on a
             64x64x3x3 kernel with a decaying spectrum at R=128 the error is 0.157 after 100 sweeps and
             0.141 after the 315 the tolerance alone would run (3x the time); a brief fine-tune closes
-            such gaps. Register a ``CP(max_iter=...)`` variant to refit finalists more tightly.
+            such gaps. Pass a ``CP(max_iter=...)`` instance to ``FactorCache.factors`` to refit finalists.
         seed: seed of the random part of the initialisation.
     """
 
