@@ -176,8 +176,9 @@ class RankSearch:
     def _params(self, picks: Mapping[str, tuple[str, float | None]]) -> dict[str, object]:
         params: dict[str, object] = {}
         for name, (method, fraction) in picks.items():
-            if method not in self.layers[name].methods:
-                method = self.layers[name].methods[0]
+            layer = self.layers[name]
+            if method not in layer.methods:  # e.g. the dense warm start where a layer must be compressed
+                method, fraction = layer.methods[0], max(layer.fractions)
             params[param_names(name)] = method
             if method != DENSE:
                 params[param_names(name, method)] = fraction
@@ -196,12 +197,27 @@ class RankSearch:
         return self.space.to_config(self.layers, picks)
 
     def _objective(self, trial: optuna.Trial) -> tuple[float, ...]:
-        result = self.evaluator.evaluate(self.suggest(trial))
+        config = self.suggest(trial)
+        earlier = self._completed_with(config)
+        if earlier is not None:  # samplers do propose a config twice: reuse its measurements
+            for key, value in earlier.user_attrs.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("duplicate_of", earlier.number)
+            return tuple(earlier.values)
+        result = self.evaluator.evaluate(config)
         for key, value in result.attributes().items():
             trial.set_user_attr(key, _jsonable(value))
         if result.failure is not None:
             raise TrialFailed(result.failure)
         return tuple(_objective_value(result, name) for name in self.objectives)
+
+    def _completed_with(self, config: CompressionConfig) -> optuna.trial.FrozenTrial | None:
+        """The first completed trial that evaluated ``config`` (the evaluator is deterministic)."""
+        wanted = config.to_dict()
+        for trial in self.completed_trials():
+            if trial.user_attrs.get("config") == wanted and "duplicate_of" not in trial.user_attrs:
+                return trial
+        return None
 
     def optimize(
         self,
@@ -250,7 +266,8 @@ class RankSearch:
     def pareto_front(self) -> pd.DataFrame:
         """The Pareto-optimal trials (non-dominated over the study's objectives), cheapest first."""
         frame = self.trials_dataframe()
-        return frame[frame["is_pareto"].astype(bool)].drop(columns="is_pareto").reset_index(drop=True)
+        keep = frame["is_pareto"].astype(bool) & frame["duplicate_of"].isna()
+        return frame[keep].drop(columns=["is_pareto", "duplicate_of"]).reset_index(drop=True)
 
     def config(self, trial_number: int) -> CompressionConfig:
         """The CompressionConfig a trial evaluated."""
@@ -308,10 +325,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["finetune_skipped"] = attrs.get("finetune_skipped")
         row["seconds"] = (attrs.get("seconds") or {}).get("total")
         row["methods"] = config_summary(attrs.get("config", {}))
+        row["duplicate_of"] = attrs.get("duplicate_of")
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return pd.DataFrame(columns=["trial", *objectives, "is_pareto"])
+        return pd.DataFrame(columns=["trial", *objectives, "duplicate_of", "is_pareto"])
     values = frame[objectives].to_numpy()
     frame["is_pareto"] = [not any(dominates(other, mine, directions) for other in values) for mine in values]
     cost = next((o for o in objectives if o != "accuracy"), objectives[0])

@@ -146,3 +146,13 @@ def test_bad_trial_numbers_and_budgets(tiny_task):
         search.config(7)
     with pytest.raises(rs.RanksearchError, match="n_trials must be an int >= 0, got -2"):
         search.optimize(-2)
+
+
+def test_a_config_proposed_twice_is_not_evaluated_twice(tiny_task):
+    space = SearchSpace(methods=("svd",), rank_fractions=(0.5,), include=("3.0",))  # one possible config
+    search = make_search(tiny_task, space=space, sampler="random")
+    search.optimize(3, show_progress=False)
+    trials = search.completed_trials()
+    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None, 0, 0]
+    assert trials[1].values == trials[0].values and trials[2].user_attrs["config"] == trials[0].user_attrs["config"]
+    assert list(search.pareto_front()["trial"]) == [0]
