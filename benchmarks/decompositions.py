@@ -453,6 +453,17 @@ def tltorch_conv(tltorch: object, conv: Conv, method: str, rank: Rank) -> nn.Mod
         return tltorch.FactorizedConv.from_conv(conv.module, **kwargs)
 
 
+def hooi_columns(conv: Conv, name: str, rank: Rank) -> dict[str, float]:
+    """For Tucker-2: error and fit time of our HOOI-refined variant (same layers, so same latency)."""
+    if name != "tucker2":
+        return {}
+    hooi = get_method("tucker2_hooi")
+    fresh = rs.FactorCache()
+    fit_s = seconds_of(partial(fresh.factors, conv.module, hooi, rank))
+    error = relative_error(conv.module.weight, hooi.reconstruct(conv.module, fresh.factors(conv.module, hooi, rank)))
+    return {"ours_hooi_err": error, "ours_hooi_fit_s": fit_s}
+
+
 def tltorch_rows(tltorch: object, convs: dict[str, list[Conv]], plan: Plan) -> list[dict]:
     """Our Tucker-2 / CP conv against tensorly-torch's at equal rank: fit time, weight error, latency.
 
@@ -484,6 +495,7 @@ def tltorch_rows(tltorch: object, convs: dict[str, list[Conv]], plan: Plan) -> l
                     "tltorch_err": relative_error(conv.module.weight, theirs_weight),
                     "ours_fit_s": ours_fit_s,
                     "tltorch_fit_s": theirs_fit_s,
+                    **hooi_columns(conv, name, rank),
                 }
                 for batch in plan.batches:
                     x = torch.randn(batch, *conv.input_shape[1:])  # (N, C, H, W)
@@ -577,7 +589,10 @@ def part_tltorch(convs: dict[str, list[Conv]], plan: Plan) -> dict[str, pd.DataF
         comparison = pd.DataFrame(tltorch_rows(tltorch, convs, plan))
     title = "4. ours vs tensorly-torch FactorizedConv (implementation='factorized') at equal rank"
     show(title, comparison.drop(columns="layer").set_index(["model", "conv", "method", "target", "batch"]))
-    print("ours_over_tltorch = our latency / tltorch's (< 1: ours is faster); *_err: relative weight error.\n")
+    print(
+        "ours_over_tltorch = our latency / tltorch's (< 1: ours is faster); *_err: relative weight error; "
+        "ours_hooi_*: our tucker2_hooi (HOOI-refined, same layers and latency as tucker2).\n"
+    )
     return {"tltorch": comparison}
 
 

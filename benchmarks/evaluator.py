@@ -25,6 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import tensorly
 import torch
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--out", help="write the table as CSV here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = min(args.trials, 4) if args.quick else args.trials
     print(
         f"ranksearch evaluator benchmark | {platform.processor() or platform.machine()} | torch {torch.__version__} "

@@ -54,7 +54,10 @@ def test_tuple_ranks_come_back_as_tuples_and_dense_has_no_rank(tmp_path):
 @pytest.mark.parametrize(
     ("layers", "message"),
     [
-        ({"a": ("svdd", 3)}, "layer 'a': unknown method 'svdd'; available: cp, svd, tt, tucker2 or 'dense'"),
+        (
+            {"a": ("svdd", 3)},
+            "layer 'a': unknown method 'svdd'; available: cp, svd, tt, tucker2, tucker2_hooi or 'dense'",
+        ),
         ({"a": ("svd",)}, r"layer 'a': expected a \(method, rank\) pair, got \('svd',\)"),
         ({"a": ("svd", "3")}, "layer 'a': rank must be an int or a list of ints, got '3'"),
         ({"a": ("svd", 2.5)}, "layer 'a': rank must be an int or a list of ints, got 2.5"),

@@ -44,7 +44,7 @@ def with_weight(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
 
 
 def test_every_method_is_covered_by_some_case():
-    assert set(available_methods()) == {m for m, _ in PAIRS} == {"svd", "tucker2", "cp", "tt"}
+    assert set(available_methods()) == {m for m, _ in PAIRS} == {"svd", "tucker2", "tucker2_hooi", "cp", "tt"}
 
 
 @pytest.mark.parametrize(("method_name", "case"), PAIRS)
@@ -90,7 +90,7 @@ def test_reported_macs_equal_fvcore(method_name, case):
     assert analysis.total() == method.cost(layer, rank, x.shape).macs
 
 
-@pytest.mark.parametrize(("method_name", "case"), [p for p in PAIRS if p[0] in ("svd", "tucker2")])
+@pytest.mark.parametrize(("method_name", "case"), [p for p in PAIRS if p[0] in ("svd", "tucker2", "tucker2_hooi")])
 def test_full_rank_reproduces_dense_layer(method_name, case):
     method = get_method(method_name)
     for dtype, tolerance in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
@@ -125,7 +125,7 @@ def _exact_low_rank_weight(method_name: str, layer: nn.Module, seed: int) -> tup
 
     if method_name == "svd":
         return (rand(shape[0], 3) @ rand(3, layer.weight[0].numel())).reshape(shape), 3
-    if method_name == "tucker2":
+    if method_name in ("tucker2", "tucker2_hooi"):
         core = rand(3, 2, *shape[2:])
         return torch.einsum("abhw,oa,ib->oihw", core, rand(shape[0], 3), rand(shape[1], 2)), (3, 2)
     if method_name == "cp":
@@ -152,7 +152,7 @@ def test_exact_low_rank_weight_is_recovered(method_name, case, seed):
         layer.weight.copy_(weight)
     method = get_method(method_name)
     rank, factors = factorize(method, layer, rank)
-    tolerance = 1e-3 if method_name == "cp" else 1e-9
+    tolerance = 1e-3 if method_name == "cp" else 1e-7 if method_name == "tucker2_hooi" else 1e-9
     assert relative_error(weight, method.reconstruct(layer, factors)) < tolerance
 
 
@@ -198,7 +198,7 @@ def test_tuple_ranks_clip_an_int_per_component_and_reject_bad_forms():
         check_rank_tuple((1, 4), (8, 3))
 
 
-@pytest.mark.parametrize("method_name", ["svd", "tucker2", "cp", "tt"])
+@pytest.mark.parametrize("method_name", ["svd", "tucker2", "tucker2_hooi", "cp", "tt"])
 @pytest.mark.parametrize("bad", [0, -1, "3", 2.5, True, None])
 def test_bad_ranks_are_rejected_with_the_range(method_name, bad):
     layer, _ = make_layer("3x3")
@@ -215,7 +215,7 @@ def test_rank_above_maximum_names_the_maximum():
 def test_registry_finds_by_name_or_instance_and_refuses_duplicates():
     svd = get_method("svd")
     assert get_method(svd) is svd
-    with pytest.raises(rs.ConfigError, match="unknown method 'svdd'; available: cp, svd, tt, tucker2"):
+    with pytest.raises(rs.ConfigError, match="unknown method 'svdd'; available: cp, svd, tt, tucker2, tucker2_hooi"):
         get_method("svdd")
     with pytest.raises(RuntimeError, match="already registered"):
 
@@ -236,3 +236,14 @@ def test_built_modules_train_and_export(method_name, case):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in built.parameters())
     exported = torch.export.export(built, (x,))
     torch.testing.assert_close(exported.module()(x), built(x))
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CONV_CASES if get_method("tucker2").unsupported_reason(make_layer(c)[0]) is None]
+)
+def test_hooi_refines_the_truncated_hosvd(case):
+    layer, _ = make_layer(case)
+    cache = rs.FactorCache()
+    rank = mid_rank(get_method("tucker2"), layer)
+    hosvd, hooi = (cache.relative_error(layer, m, rank) for m in ("tucker2", "tucker2_hooi"))
+    assert hooi <= hosvd + 1e-12

@@ -33,11 +33,17 @@ def test_zoo_reasons():
     model = Zoo()
     layers, skipped = rs.compressible_layers(model), rs.skipped_layers(model)
     assert set(layers) == {"conv", "pointwise", "head"}
-    assert layers["conv"].methods == ("cp", "svd", "tt", "tucker2")
+    assert layers["conv"].methods == ("cp", "svd", "tt", "tucker2", "tucker2_hooi")
     assert layers["pointwise"].methods == ("svd",)
     assert layers["pointwise"].unsupported["cp"] == "1x1 kernel: nothing to factorize spatially (use svd)"
     assert layers["head"].methods == ("svd", "tt")
-    assert layers["conv"].max_ranks == {"cp": 1152 // 30, "svd": 16, "tt": (8, 24, 16), "tucker2": (16, 8)}
+    assert layers["conv"].max_ranks == {
+        "cp": 1152 // 30,
+        "svd": 16,
+        "tt": (8, 24, 16),
+        "tucker2": (16, 8),
+        "tucker2_hooi": (16, 8),
+    }
     assert skipped == {
         "grouped": "grouped convolution (groups=4) is not supported",
         "depthwise": "grouped convolution (groups=16) is not supported",

@@ -44,7 +44,10 @@ def test_uniform_config_uses_the_first_allowed_method_per_layer():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"methods": ("svd", "qr")}, "unknown method 'qr' in the search space; available: dense, cp, svd, tt, tucker2"),
+        (
+            {"methods": ("svd", "qr")},
+            "unknown method 'qr' in the search space; available: dense, cp, svd, tt, tucker2, tucker2_hooi",
+        ),
         ({"methods": ()}, "needs at least one method"),
         ({"rank_fractions": ()}, "rank_fractions must not be empty"),
         ({"rank_fractions": (0.5, 1.5)}, r"rank fractions must be numbers in \(0, 1\], got 1.5"),

@@ -6,7 +6,7 @@ elsewhere. A new method is one new file with one ``Decomposition`` subclass, plu
 
 from __future__ import annotations
 
-from . import cp, svd, tt, tucker2  # noqa: F401  (importing registers the methods)
+from . import cp, svd, tt, tucker2, tucker2_hooi  # noqa: F401  (importing registers the methods)
 from ._base import (
     Cost,
     Decomposition,
