@@ -14,7 +14,9 @@ import json
 import math
 import os
 import tempfile
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,9 +70,13 @@ def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device
 
 
 def train(
-    model: nn.Module, train_set: torch.utils.data.Dataset, settings: TrainSettings, device: str = "cpu"
+    model: nn.Module,
+    train_set: torch.utils.data.Dataset,
+    settings: TrainSettings,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place on ``train_set``; returns it in eval mode."""
+    """Train ``model`` in place on ``train_set``; returns it in eval mode. ``log`` gets a line per epoch."""
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator, drop_last=True)
@@ -79,8 +85,9 @@ def train(
         model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay, nesterov=True
     )
     total = settings.epochs * len(loader)
-    step = 0
-    for _ in range(settings.epochs):
+    step, start = 0, time.perf_counter()
+    for epoch in range(settings.epochs):
+        loss_sum = 0.0
         for inputs, targets in loader:
             warmup = min(1.0, (step + 1) / max(1, total // 10))
             for group in optimizer.param_groups:
@@ -91,7 +98,13 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            loss_sum += loss.item()
             step += 1
+        if log is not None:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / (epoch + 1) * (settings.epochs - epoch - 1)
+            mean_loss = loss_sum / len(loader)
+            log(f"  epoch {epoch + 1}/{settings.epochs}: loss {mean_loss:.4f} ({elapsed:.0f} s, ETA {eta:.0f} s)")
     return model.eval()
 
 
@@ -121,7 +134,7 @@ def load_or_train(
     cache_dir: str | Path,
     *,
     device: str = "cpu",
-    log: callable = print,
+    log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, float, Path]:
     """Load the trained weights for ``identity`` + ``settings`` from ``cache_dir``, or train and store them.
 
@@ -137,7 +150,7 @@ def load_or_train(
         except Exception as error:  # truncated or foreign file: rebuild it
             warnings.warn(f"baseline cache {path} is unreadable ({error}); retraining", stacklevel=2)
     log(f"training the baseline {identity.get('model')} on {identity.get('data')} for {settings.epochs} epochs ...")
-    train(model, train_set, settings, device)
+    train(model, train_set, settings, device, log=log)
     accuracy = evaluate_accuracy(model, val_loader, torch.device(device))
     atomic_torch_save({"state_dict": model.state_dict(), "accuracy": accuracy, "identity": full_identity}, path)
     log(f"baseline accuracy {accuracy:.4f}, saved to {path}")
