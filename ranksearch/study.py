@@ -62,6 +62,9 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def _open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for ``url``; SQLite files get their folder created."""
+    if "://" not in url:
+        raise RanksearchError(f"storage {url!r} is not a database URL (e.g. sqlite:///runs/study.db)")
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         if str(path) not in ("", ":memory:"):
@@ -70,15 +73,9 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
             except OSError as error:
                 raise RanksearchError(f"cannot create the folder for storage {url!r}: {error.strerror}") from None
     try:
-        return optuna.storages.RDBStorage(url) if "://" in url else _bad_url(url)
-    except RanksearchError:
-        raise
-    except Exception as error:
+        return optuna.storages.RDBStorage(url)
+    except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
         raise RanksearchError(f"cannot open storage {url!r}: {type(error).__name__}: {error}") from None
-
-
-def _bad_url(url: str) -> optuna.storages.BaseStorage:
-    raise RanksearchError(f"storage {url!r} is not a database URL (e.g. sqlite:///runs/study.db)")
 
 
 class RankSearch:
