@@ -86,7 +86,7 @@ class RankSearch:
         train_loader: training batches (BatchNorm recalibration and fine-tuning).
         val_loader: validation batches (the accuracy objective).
         objectives: two or more of ``accuracy``, ``macs``, ``params`` (``latency`` arrives later).
-        storage: an Optuna storage URL; default ``sqlite:///runs/<study_name>.db``; None for memory.
+        storage: an Optuna storage URL (``{study_name}`` is filled in); None keeps the study in memory.
         study_name: the study's name in the storage; an existing study is resumed.
         space: methods, rank grid and layer selection.
         evaluator: fine-tune and measurement settings.
@@ -103,7 +103,7 @@ class RankSearch:
         val_loader: Iterable,
         *,
         objectives: Sequence[str] = ("accuracy", "macs"),
-        storage: str | None = "default",
+        storage: str | None = "sqlite:///runs/{study_name}.db",
         study_name: str = "ranksearch",
         space: SearchSpace | None = None,
         evaluator: EvaluatorSettings | None = None,
@@ -119,8 +119,8 @@ class RankSearch:
         self.sampler_name = sampler
         sampler_obj = make_sampler(sampler, seed)
         self.evaluator = Evaluator(model, train_loader, val_loader, evaluator, metric=metric, cache=cache)
-        if storage == "default":
-            storage = f"sqlite:///runs/{study_name}.db"
+        if storage is not None:
+            storage = storage.replace("{study_name}", study_name)
         self.storage_url = storage
         self.study = self._create_or_load(storage, study_name, sampler_obj)
         if not self.study.trials:
@@ -128,11 +128,17 @@ class RankSearch:
 
     # --- study identity ----------------------------------------------------------------------
     def _identity(self) -> dict[str, object]:
+        """What must not change when a study is resumed: trials measured otherwise are not comparable."""
+        settings = asdict(self.evaluator.settings)
+        for machine_only in ("device", "threads"):
+            settings.pop(machine_only)
         return {
             "objectives": list(self.objectives),
             "layers": {name: list(layer.methods) for name, layer in self.layers.items()},
             "rank_fractions": list(self.space.rank_fractions),
             "rank_multiple": self.space.rank_multiple,
+            "evaluator": settings,
+            "dense_cost": {"macs": self.evaluator.dense.macs, "params": self.evaluator.dense.params},
         }
 
     def _create_or_load(

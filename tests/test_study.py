@@ -111,6 +111,15 @@ def test_an_existing_study_with_other_objectives_is_refused(tiny_task, tmp_path)
     make_search(tiny_task, storage=storage).optimize(1, show_progress=False)
     with pytest.raises(rs.RanksearchError, match=r"exists with different objectives: stored .*'macs'.*asked"):
         make_search(tiny_task, storage=storage, objectives=("accuracy", "params"))
+    with pytest.raises(rs.RanksearchError, match=r"exists with different evaluator: .*'finetune_steps': 2"):
+        make_search(
+            tiny_task, storage=storage, evaluator=EvaluatorSettings(finetune_steps=3, bn_batches=1, eval_batches=1)
+        )
+    make_search(
+        tiny_task,
+        storage=storage,
+        evaluator=EvaluatorSettings(finetune_steps=2, bn_batches=1, eval_batches=1, threads=1),
+    )  # machine settings may change
 
 
 @pytest.mark.parametrize(
