@@ -97,7 +97,15 @@ class DenseBaseline:
 
 @dataclass
 class Evaluation:
-    """Everything measured for one config (what the study stores as trial user attributes)."""
+    """Everything measured for one config (what the study stores as trial user attributes).
+
+    Accuracies are on the fixed validation subset: ``accuracy_zero_shot`` right after decomposition,
+    ``accuracy_recalibrated`` after BatchNorm recalibration (None without BatchNorm), ``accuracy_finetuned``
+    after the fine-tune (None when skipped, with ``finetune_skipped`` saying why); ``accuracy`` is the last
+    of these. ``seconds`` holds wall times: ``decompose`` (apply from the factor cache), ``cost`` (MAC
+    count and weight errors), ``recalibrate`` (both measurements before the fine-tune, recalibration
+    included), ``finetune``, ``evaluate`` (the final measurement) and ``total``.
+    """
 
     config: CompressionConfig
     macs: int = 0
