@@ -52,7 +52,7 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(rhs.T, chol).T
 
 
-def cp_als(tensor: torch.Tensor, rank: int, *, tol: float = 1e-4, max_iter: int = 500, seed: int = 0) -> CPResult:
+def cp_als(tensor: torch.Tensor, rank: int, *, tol: float = 1e-5, max_iter: int = 200, seed: int = 0) -> CPResult:
     """Fit a rank-``rank`` CP decomposition of ``tensor`` by alternating least squares.
 
     Args:
