@@ -362,7 +362,7 @@ class _Progress:
             pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
             if completed:
                 best.append(f"{name}={pick(t.values[i] for t in completed):.4g}")
-        pareto = len(study.best_trials) if completed else 0
+        pareto = sum("duplicate_of" not in t.user_attrs for t in study.best_trials) if completed else 0
         print(
             f"[{self.done}{total}] trial {trial.number}: {now} | best {' '.join(best)} | pareto {pareto} "
             f"| {elapsed / self.done:.1f} s/trial{eta}",
