@@ -21,7 +21,7 @@ from torch import nn
 from .decompositions import FactorizedLayer
 from .errors import RanksearchError
 
-__all__ = ["CostReport", "compare", "count", "layer_input_shapes"]
+__all__ = ["CostReport", "compare", "count"]
 
 COLUMNS = ["layer", "type", "method", "rank", "input_shape", "output_shape", "macs", "params"]
 
@@ -141,16 +141,6 @@ def count(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | 
 
 def _own_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def layer_input_shapes(model: nn.Module, input_shape: Sequence[int], names: Sequence[str]) -> dict[str, tuple]:
-    """Input shape of each named module on a zero input of ``input_shape`` (first call if several)."""
-    report = count(model, input_shape)
-    shapes = dict(zip(report.table["layer"], report.table["input_shape"], strict=True))
-    missing = [n for n in names if n not in shapes]
-    if missing:
-        raise RanksearchError(f"layers never called in the forward pass: {', '.join(missing)}")
-    return {n: shapes[n] for n in names}
 
 
 def compare(before: CostReport, after: CostReport) -> pd.DataFrame:
