@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 from torch import nn
 
 from .cache import FactorCache
-from .config import CompressionConfig
+from .config import CompressionConfig, ResolvedLayer
 from .errors import RanksearchError
 
-__all__ = ["apply"]
+__all__ = ["apply", "apply_resolved"]
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -35,7 +36,16 @@ def apply(model: nn.Module, config: CompressionConfig, *, cache: FactorCache | N
     """
     if not isinstance(config, CompressionConfig):
         raise RanksearchError(f"config must be a CompressionConfig, got {type(config).__name__}")
-    resolved = config.resolve(model)
+    return apply_resolved(model, config.resolve(model), cache=cache)
+
+
+def apply_resolved(
+    model: nn.Module, resolved: Sequence[ResolvedLayer], *, cache: FactorCache | None = None
+) -> nn.Module:
+    """:func:`apply` for entries already checked by :meth:`CompressionConfig.resolve` against ``model``.
+
+    For callers that also need the resolved layers (the evaluator, the demo): the config is checked once.
+    """
     cache = FactorCache() if cache is None else cache
     replacements = {}
     for layer in resolved:  # decompose from the user's model: cache keys are weight contents

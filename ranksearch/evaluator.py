@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .apply import apply
+from .apply import apply_resolved
 from .cache import FactorCache
 from .config import CompressionConfig
 from .costs import count
@@ -294,7 +294,7 @@ class Evaluator:
         Bad configs (unknown layer, rank out of range) still raise :class:`ConfigError`: they are
         the caller's bug, not a property of the config's quality.
         """
-        config.resolve(self.model)  # validate first: a bad config is an error, not a failed trial
+        resolved = config.resolve(self.model)  # a bad config is an error, not a failed trial
         result = Evaluation(config=config)
         clock = time.perf_counter()
         start = clock
@@ -307,11 +307,10 @@ class Evaluator:
             clock = now
 
         try:
-            model = apply(self.model, config, cache=self.cache)
+            model = apply_resolved(self.model, resolved, cache=self.cache)
             lap("decompose")
             result.layer_errors = {
-                layer.name: self.cache.relative_error(layer.module, layer.method, layer.rank)
-                for layer in config.resolve(self.model)
+                layer.name: self.cache.relative_error(layer.module, layer.method, layer.rank) for layer in resolved
             }
             cost = count(model, self.dense.input_shape)
             result.macs, result.params = cost.macs, cost.params

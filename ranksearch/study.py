@@ -123,6 +123,7 @@ class RankSearch:
             storage = storage.replace("{study_name}", study_name)
         self.storage_url = storage
         self.study = self._create_or_load(storage, study_name, sampler_obj)
+        self._measured_configs: dict[str, tuple[int, tuple[float, ...], dict[str, object]]] | None = None
         if not self.study.trials:
             self._enqueue_warm_starts(warm_start)
 
@@ -201,26 +202,37 @@ class RankSearch:
 
     def _objective(self, trial: optuna.Trial) -> tuple[float, ...]:
         config = self.suggest(trial)
-        earlier = self._completed_with(config)
+        key = config.to_json(indent=None)
+        earlier = self._measured().get(key)
         if earlier is not None:  # samplers do propose a config twice: reuse its measurements
-            for key, value in earlier.user_attrs.items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("duplicate_of", earlier.number)
-            return tuple(earlier.values)
+            number, values, attrs = earlier
+            for name, value in attrs.items():
+                trial.set_user_attr(name, value)
+            trial.set_user_attr("duplicate_of", number)
+            return values
         result = self.evaluator.evaluate(config)
-        for key, value in result.attributes().items():
-            trial.set_user_attr(key, _jsonable(value))
+        attrs = {name: _jsonable(value) for name, value in result.attributes().items()}
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
         if result.failure is not None:
             raise TrialFailed(result.failure)
-        return tuple(_objective_value(result, name) for name in self.objectives)
+        values = tuple(_objective_value(result, name) for name in self.objectives)
+        self._measured()[key] = (trial.number, values, attrs)
+        return values
 
-    def _completed_with(self, config: CompressionConfig) -> optuna.trial.FrozenTrial | None:
-        """The first completed trial that evaluated ``config`` (the evaluator is deterministic)."""
-        wanted = config.to_dict()
-        for trial in self.completed_trials():
-            if trial.user_attrs.get("config") == wanted and "duplicate_of" not in trial.user_attrs:
-                return trial
-        return None
+    def _measured(self) -> dict[str, tuple[int, tuple[float, ...], dict[str, object]]]:
+        """Config JSON -> (trial, values, attributes) of its first completed evaluation.
+
+        Read from the storage once, then kept up to date by this process (the evaluator is
+        deterministic, so a config measured once need not be measured again).
+        """
+        if self._measured_configs is None:
+            self._measured_configs = {}
+            for t in self.completed_trials():
+                if "duplicate_of" not in t.user_attrs and "config" in t.user_attrs:
+                    key = CompressionConfig.from_dict(t.user_attrs["config"]).to_json(indent=None)
+                    self._measured_configs.setdefault(key, (t.number, tuple(t.values), dict(t.user_attrs)))
+        return self._measured_configs
 
     def optimize(
         self,
@@ -356,13 +368,13 @@ class _Progress:
             now = " ".join(f"{o}={v:.4g}" for o, v in zip(self.search.objectives, trial.values, strict=True))
         else:
             now = f"{trial.state.name.lower()}: {trial.user_attrs.get('failure', '')}"[:80]
-        completed = self.search.completed_trials()
+        front = study.best_trials  # the best value of each objective is always on the front
         best = []
         for i, (name, direction) in enumerate(zip(self.search.objectives, study.directions, strict=True)):
             pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
-            if completed:
-                best.append(f"{name}={pick(t.values[i] for t in completed):.4g}")
-        pareto = sum("duplicate_of" not in t.user_attrs for t in study.best_trials) if completed else 0
+            if front:
+                best.append(f"{name}={pick(t.values[i] for t in front):.4g}")
+        pareto = sum("duplicate_of" not in t.user_attrs for t in front)
         print(
             f"[{self.done}{total}] trial {trial.number}: {now} | best {' '.join(best)} | pareto {pareto} "
             f"| {elapsed / self.done:.1f} s/trial{eta}",
