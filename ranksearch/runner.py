@@ -37,7 +37,9 @@ def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None]
         return model.eval()
     options = {"in_channels": splits.input_shape[0], "num_classes": splits.num_classes, **section.options}
     try:
-        model = build_model(section.name, **options)
+        with torch.random.fork_rng(devices=[]):  # the baseline's seed also fixes its initial weights
+            torch.manual_seed(study_file.baseline.train.seed)
+            model = build_model(section.name, **options)
     except TypeError as error:
         raise RanksearchError(f"{study_file.path}: [model] options {section.options} do not fit: {error}") from None
     identity = {

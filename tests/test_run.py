@@ -95,3 +95,24 @@ def test_bad_data_options_exit_2(tmp_path, capsys):
     path.write_text(path.read_text().replace("image_size = 8", "image_size = 4"))
     assert main(["run", str(path)]) == 2
     assert "[data]" in capsys.readouterr().err
+
+
+def test_the_baseline_is_the_same_whatever_the_global_rng_state(tmp_path):
+    """The [baseline] seed fixes the initial weights too, so two fresh runs train the same model."""
+    import dataclasses
+
+    from ranksearch.data import load_dataset
+    from ranksearch.runner import load_model
+    from ranksearch.studyfile import load_study_file
+
+    study = load_study_file(write_study(tmp_path))
+    splits = load_dataset("digits", image_size=8)
+    weights = []
+    for run, global_seed in enumerate((1, 2)):
+        torch.manual_seed(global_seed)
+        fresh = dataclasses.replace(
+            study, baseline=dataclasses.replace(study.baseline, cache_dir=str(tmp_path / f"b{run}"))
+        )
+        model = load_model(fresh, splits, log=lambda line: None)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
