@@ -98,7 +98,8 @@ class TTMatrixLinear(nn.Module):
 
     def __init__(self, cores: Sequence[torch.Tensor], bias: torch.Tensor | None) -> None:
         super().__init__()
-        self.cores = nn.ParameterList(nn.Parameter(core.clone()) for core in cores)
+        # contiguous: a core may be a strided view of the TT-SVD; a saved model must reload bit-identical
+        self.cores = nn.ParameterList(nn.Parameter(core.contiguous().clone()) for core in cores)
         self.bias = None if bias is None else nn.Parameter(bias.clone())
         self.in_modes = tuple(core.shape[1] for core in cores)
         self.out_modes = tuple(core.shape[2] for core in cores)
