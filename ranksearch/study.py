@@ -21,6 +21,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import plotly.graph_objects as go
 from torch import nn
 
 from .cache import FactorCache
@@ -28,9 +29,10 @@ from .config import DENSE, CompressionConfig
 from .errors import RanksearchError
 from .evaluator import Evaluation, Evaluator, EvaluatorSettings, Metric
 from .objectives import OBJECTIVES, check_objectives, check_sampler
+from .report import Choice, ReportFiles, StudyResults, TrialRecord, choose, figures, write_report
 from .space import LayerChoices, SearchSpace
 
-__all__ = ["RankSearch", "make_sampler", "param_names", "trials_frame"]
+__all__ = ["RankSearch", "load_results", "make_sampler", "param_names", "results_of"]
 
 STUDY_ATTR = "ranksearch"
 WARM_START_FRACTIONS = (0.25, 0.5)
@@ -147,9 +149,14 @@ class RankSearch:
     ) -> optuna.Study:
         backend = None if storage is None else _open_storage(storage)
         directions = [OBJECTIVES[o] for o in self.objectives]
-        study = optuna.create_study(
-            storage=backend, study_name=study_name, sampler=sampler, directions=directions, load_if_exists=True
-        )
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study": we say so ourselves
+        try:
+            study = optuna.create_study(
+                storage=backend, study_name=study_name, sampler=sampler, directions=directions, load_if_exists=True
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
         identity = self._identity()
         stored = study.user_attrs.get(STUDY_ATTR)
         if stored is None:
@@ -274,15 +281,31 @@ class RankSearch:
         """Trials that finished with values, in order."""
         return self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
+    def results(self) -> StudyResults:
+        """The study's finished trials, front and settings as plain data (what reports are made from)."""
+        return results_of(self.study, self.storage_url)
+
     def trials_dataframe(self) -> pd.DataFrame:
-        """One row per completed trial: objectives, measurements and a config summary."""
-        return trials_frame(self.study)
+        """One row per finished trial: objectives, measurements, ``is_pareto``, per-layer method/rank/fraction."""
+        return self.results().trials
 
     def pareto_front(self) -> pd.DataFrame:
-        """The Pareto-optimal trials (non-dominated over the study's objectives), cheapest first."""
-        frame = self.trials_dataframe()
-        keep = frame["is_pareto"].astype(bool) & frame["duplicate_of"].isna()
-        return frame[keep].drop(columns=["is_pareto", "duplicate_of"]).reset_index(drop=True)
+        """The Pareto-optimal trials (non-dominated over the study's objectives, each config once), cheapest first."""
+        return self.results().pareto()
+
+    def figures(self) -> dict[str, go.Figure]:
+        """The study's plotly figures by name (see :func:`ranksearch.report.figures`)."""
+        return figures(self.results())
+
+    def report(self, folder: str | Path, **options: object) -> ReportFiles:
+        """Write tables, the HTML dashboard (and images if asked) to ``folder``; see :func:`write_report`."""
+        return write_report(self.results(), folder, **options)
+
+    def choose(self, **rule: object) -> Choice:
+        """The trial a rule picks (``trial=``, ``max_costs=``, ``min_accuracy=``, ``max_accuracy_drop=``,
+        ``knee=``); see :func:`ranksearch.report.choose`.
+        """
+        return choose(self.results(), **rule)
 
     def config(self, trial_number: int) -> CompressionConfig:
         """The CompressionConfig a trial evaluated."""
@@ -310,45 +333,57 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def config_summary(config: Mapping[str, object]) -> str:
-    """``"svd:3 tucker2:5 dense:12"``: how many layers each method got."""
-    counts: dict[str, int] = {}
-    for spec in config.get("layers", {}).values():
-        counts[spec["method"]] = counts.get(spec["method"], 0) + 1
-    return " ".join(f"{m}:{n}" for m, n in sorted(counts.items()))
+def results_of(study: optuna.Study, storage: str | None = None) -> StudyResults:
+    """A ranksearch study's finished trials and settings as plain :class:`StudyResults`."""
+    identity = study.user_attrs.get(STUDY_ATTR)
+    if identity is None:
+        raise RanksearchError(f"study {study.study_name!r} in {storage} was not made by ranksearch")
+    finished = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.FAIL: "fail"}
+    records = [
+        TrialRecord(
+            t.number,
+            finished[t.state],
+            tuple(t.values) if t.state == optuna.trial.TrialState.COMPLETE else None,
+            dict(t.params),
+            dict(t.user_attrs),
+        )
+        for t in study.get_trials(deepcopy=False, states=tuple(finished))
+    ]
+    settings = {
+        "sampler": study.user_attrs.get("sampler"),
+        "evaluator": study.user_attrs.get("evaluator"),
+        "space": {
+            "rank_fractions": identity.get("rank_fractions"),
+            "rank_multiple": identity.get("rank_multiple"),
+            "layers": identity.get("layers"),
+        },
+    }
+    return StudyResults.from_records(
+        records,
+        name=study.study_name,
+        storage=storage,
+        objectives=identity["objectives"],
+        directions=[d.name.lower() for d in study.directions],
+        layers=list(identity["layers"]),
+        dense=study.user_attrs.get("dense", {}),
+        settings=settings,
+    )
 
 
-def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """True when ``a`` is at least as good as ``b`` in every objective and better in one."""
-    sign = [1 if d == "maximize" else -1 for d in directions]
-    better_or_equal = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
-    return better_or_equal and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
-
-
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """Completed trials of a ranksearch study as a DataFrame with an ``is_pareto`` column."""
-    identity = study.user_attrs.get(STUDY_ATTR, {})
-    objectives = identity.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
-    directions = [d.name.lower() for d in study.directions]
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        attrs = t.user_attrs
-        row = {"trial": t.number, **dict(zip(objectives, t.values, strict=True))}
-        for key in ("accuracy_zero_shot", "accuracy_recalibrated", "accuracy_finetuned", "macs", "params"):
-            row[f"{key}_count" if key in objectives else key] = attrs.get(key)
-        row["macs_ratio"], row["params_ratio"] = attrs.get("macs_ratio"), attrs.get("params_ratio")
-        row["finetune_skipped"] = attrs.get("finetune_skipped")
-        row["seconds"] = (attrs.get("seconds") or {}).get("total")
-        row["methods"] = config_summary(attrs.get("config", {}))
-        row["duplicate_of"] = attrs.get("duplicate_of")
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=["trial", *objectives, "duplicate_of", "is_pareto"])
-    values = frame[objectives].to_numpy()
-    frame["is_pareto"] = [not any(dominates(other, mine, directions) for other in values) for mine in values]
-    cost = next((o for o in objectives if o != "accuracy"), objectives[0])
-    return frame.sort_values([cost, "trial"]).reset_index(drop=True)
+def load_results(storage: str, study_name: str) -> StudyResults:
+    """:func:`results_of` for a study in a storage, without the model or data (what ``ranksearch report`` reads)."""
+    if storage.startswith("sqlite:///"):
+        path = Path(storage[len("sqlite:///") :])
+        if str(path) not in ("", ":memory:") and not path.is_file():
+            raise RanksearchError(
+                f"storage {storage!r}: the file {str(path)!r} does not exist (no study run there yet?)"
+            )
+    backend = _open_storage(storage)
+    names = optuna.study.get_all_study_names(storage=backend)
+    if study_name not in names:
+        available = ", ".join(repr(n) for n in names) or "none"
+        raise RanksearchError(f"no study {study_name!r} in {storage}; studies there: {available}")
+    return results_of(optuna.load_study(study_name=study_name, storage=backend), storage)
 
 
 class _Progress:

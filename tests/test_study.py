@@ -8,7 +8,7 @@ import pytest
 import ranksearch as rs
 from ranksearch.evaluator import EvaluatorSettings
 from ranksearch.space import SearchSpace
-from ranksearch.study import RankSearch, dominates, param_names
+from ranksearch.study import RankSearch, param_names
 
 FAST = EvaluatorSettings(finetune_steps=2, bn_batches=1, eval_batches=1)
 SPACE = SearchSpace(rank_fractions=(0.25, 0.5, 0.75))
@@ -27,6 +27,13 @@ ATTRS = {
     "layer_errors",
     "seconds",
 }
+
+
+def dominates(a, b, directions) -> bool:
+    """Reference: ``a`` is no worse than ``b`` everywhere and better somewhere."""
+    sign = [1 if d == "maximize" else -1 for d in directions]
+    no_worse = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
+    return no_worse and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
 
 
 def make_search(task, **kwargs) -> RankSearch:

@@ -1,0 +1,220 @@
+"""Plotly figures of a study, drawn from :class:`StudyResults` (all the computing happens there).
+
+Each function returns a ``plotly.graph_objects.Figure``; :func:`figures` returns all that apply to a
+study, keyed by a file-name-safe name, in the order the dashboard shows them.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from ..config import DENSE
+from ._pareto import pareto_mask
+from ._results import QUALITY, StudyResults, layer_columns
+
+__all__ = [
+    "figures",
+    "finetune_effect",
+    "hypervolume_figure",
+    "layer_heatmap",
+    "pareto_3d",
+    "pareto_scatter",
+    "rank_parallel_coordinates",
+]
+
+METHOD_LETTERS = {DENSE: "·", "svd": "S", "tucker2": "T", "tucker2_hooi": "H", "cp": "C", "tt": "TT"}
+LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 60, "b": 50}, "height": 460}
+LABELS = {
+    "accuracy": "accuracy",
+    "macs": "MACs (fraction of dense)",
+    "params": "parameters (fraction of dense)",
+}
+
+
+def _label(objective: str) -> str:
+    return LABELS.get(objective, objective)
+
+
+def _hover(results: StudyResults, frame: pd.DataFrame) -> list[str]:
+    """Per trial: number, objectives, then each compressed layer's method, rank and fraction."""
+    texts = []
+    for _, row in frame.iterrows():
+        lines = [f"<b>trial {int(row['trial'])}</b>"]
+        lines += [f"{o}: {row[o]:.4f}" for o in results.objectives]
+        dense = 0
+        for layer in results.layers:
+            method_col, rank_col, fraction_col = layer_columns(layer)
+            if row[method_col] == DENSE:
+                dense += 1
+                continue
+            fraction = row[fraction_col]
+            share = f" ({fraction:.0%})" if pd.notna(fraction) else ""
+            lines.append(f"{html.escape(layer)}: {row[method_col]} r={row[rank_col]}{share}")
+        lines.append(f"{dense} layer(s) dense")
+        texts.append("<br>".join(lines))
+    return texts
+
+
+def pareto_scatter(results: StudyResults, cost: str) -> go.Figure:
+    """Accuracy against one cost: every trial in grey, the front of this pair joined, the dense model starred."""
+    frame = results.completed()
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=frame[cost], y=frame[QUALITY], mode="markers", name="trials",
+            marker={"color": "rgba(120,120,120,0.45)", "size": 7},
+            hovertext=_hover(results, frame), hoverinfo="text",
+        )
+    )  # fmt: skip
+    if not frame.empty:
+        pair = pareto_mask(frame[[QUALITY, cost]].to_numpy(dtype=float), ["maximize", "minimize"])
+        front = frame[pair].sort_values([cost, QUALITY])
+        fig.add_trace(
+            go.Scatter(
+                x=front[cost], y=front[QUALITY], mode="lines+markers", name=f"Pareto front ({len(front)})",
+                line={"shape": "hv", "color": "#d62728"}, marker={"size": 9, "color": "#d62728"},
+                hovertext=_hover(results, front), hoverinfo="text",
+            )
+        )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=[1.0], y=[results.dense["accuracy"]], mode="markers", name="dense model",
+            marker={"symbol": "star", "size": 16, "color": "#1f77b4"},
+            hovertext=[f"dense model<br>accuracy {results.dense['accuracy']:.4f}"], hoverinfo="text",
+        )
+    )  # fmt: skip
+    fig.update_layout(title=f"Accuracy vs {_label(cost)}", xaxis_title=_label(cost), yaxis_title="accuracy", **LAYOUT)
+    return fig
+
+
+def pareto_3d(results: StudyResults) -> go.Figure:
+    """Accuracy against two costs in 3-D, Pareto points in red, the dense model starred."""
+    x, y = results.costs[:2]
+    frame = results.completed()
+    colors = np.where(frame["is_pareto"], "#d62728", "rgba(120,120,120,0.5)")
+    fig = go.Figure(
+        [
+            go.Scatter3d(
+                x=frame[x], y=frame[y], z=frame[QUALITY], mode="markers", name="trials (Pareto in red)",
+                marker={"size": 4, "color": colors}, hovertext=_hover(results, frame), hoverinfo="text",
+            ),
+            go.Scatter3d(
+                x=[1.0], y=[1.0], z=[results.dense["accuracy"]], mode="markers", name="dense model",
+                marker={"size": 7, "symbol": "diamond", "color": "#1f77b4"},
+            ),
+        ]
+    )  # fmt: skip
+    fig.update_layout(
+        title="Accuracy vs both costs",
+        scene={"xaxis_title": _label(x), "yaxis_title": _label(y), "zaxis_title": "accuracy"},
+        **{**LAYOUT, "height": 560},
+    )
+    return fig
+
+
+def layer_heatmap(results: StudyResults) -> go.Figure:
+    """Kept-rank fraction per layer (columns, model order) for each Pareto trial (rows, cheapest first).
+
+    Dense layers show 1.0 and "·"; the text in each cell is the method's letter (S svd, T tucker2,
+    H tucker2_hooi, C cp, TT tt).
+    """
+    front = results.pareto()
+    z, text = [], []
+    for _, row in front.iterrows():
+        cols = [layer_columns(layer) for layer in results.layers]
+        z.append([row[f] if pd.notna(row[f]) else np.nan for _, _, f in cols])
+        text.append([METHOD_LETTERS.get(row[m], row[m]) for m, _, _ in cols])
+    labels = [f"#{int(t)} · {row[QUALITY]:.3f}" for t, (_, row) in zip(front["trial"], front.iterrows(), strict=True)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=list(results.layers), y=labels, text=text, texttemplate="%{text}", zmin=0, zmax=1,
+            colorscale="Viridis", colorbar={"title": "kept rank"},
+            hovertemplate="%{y}<br>%{x}: %{text}, kept %{z:.0%}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_layout(
+        title="Pareto configs per layer: method (letter) and kept-rank fraction (colour)",
+        xaxis_title="layer",
+        yaxis_title=f"Pareto trial · accuracy (cheapest in {results.primary_cost} at the top)",
+        xaxis={"type": "category"},
+        yaxis={"autorange": "reversed", "type": "category"},
+        **{**LAYOUT, "height": max(320, 140 + 24 * len(front))},
+    )
+    return fig
+
+
+def rank_parallel_coordinates(results: StudyResults) -> go.Figure:
+    """Per-layer kept-rank fractions (dense = 1) of every completed trial, one line each, coloured by accuracy."""
+    frame = results.completed()
+    dimensions = [
+        {"label": layer, "values": frame[layer_columns(layer)[2]].fillna(1.0), "range": [0, 1]}
+        for layer in results.layers
+    ]
+    accuracy = frame[QUALITY]
+    dimensions.append({"label": "accuracy", "values": accuracy})
+    fig = go.Figure(
+        go.Parcoords(
+            line={"color": accuracy, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": "accuracy"}},
+            dimensions=dimensions,
+        )
+    )
+    fig.update_layout(
+        title="Kept-rank fraction per layer, coloured by accuracy",
+        **{**LAYOUT, "margin": {**LAYOUT["margin"], "t": 110}},
+    )
+    return fig
+
+
+def hypervolume_figure(results: StudyResults) -> go.Figure:
+    """The front's hypervolume after each trial (against the reference point in the title)."""
+    history = results.hypervolume_history()
+    reference = ", ".join(f"{o}={v:g}" for o, v in results.reference_point().items())
+    fig = go.Figure(go.Scatter(x=history["trial"], y=history["hypervolume"], mode="lines", line={"shape": "hv"}))
+    fig.update_layout(
+        title=f"Hypervolume of the front (reference {reference})",
+        xaxis_title="trial",
+        yaxis_title="hypervolume",
+        **LAYOUT,
+    )
+    return fig
+
+
+def finetune_effect(results: StudyResults) -> go.Figure:
+    """Accuracy before (after BatchNorm recalibration, else zero-shot) vs after the brief fine-tune."""
+    frame = results.completed()
+    before = frame["accuracy_recalibrated"].fillna(frame["accuracy_zero_shot"])
+    cost = results.primary_cost
+    fig = go.Figure(
+        go.Scatter(
+            x=before, y=frame[QUALITY], mode="markers", name="trials",
+            marker={"color": frame[cost], "colorscale": "Plasma", "showscale": True, "colorbar": {"title": cost}},
+            hovertext=_hover(results, frame), hoverinfo="text",
+        )
+    )  # fmt: skip
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="no change", line={"dash": "dot", "color": "grey"}))
+    fig.update_layout(
+        title="Accuracy before vs after the brief fine-tune",
+        xaxis_title="accuracy before fine-tune (BN recalibrated)",
+        yaxis_title="accuracy after fine-tune",
+        legend={"x": 0.01, "y": 0.99},
+        **LAYOUT,
+    )
+    return fig
+
+
+def figures(results: StudyResults) -> dict[str, go.Figure]:
+    """Every figure that applies to the study, by name: ``pareto_<cost>`` per cost, ``pareto_3d`` with two
+    costs, ``layers``, ``parallel``, ``hypervolume``, ``finetune``.
+    """
+    out = {f"pareto_{cost}": pareto_scatter(results, cost) for cost in results.costs}
+    if len(results.costs) >= 2:
+        out["pareto_3d"] = pareto_3d(results)
+    out["layers"] = layer_heatmap(results)
+    out["parallel"] = rank_parallel_coordinates(results)
+    out["hypervolume"] = hypervolume_figure(results)
+    out["finetune"] = finetune_effect(results)
+    return out

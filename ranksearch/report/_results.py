@@ -1,0 +1,251 @@
+"""A finished (or running) study as plain data: the trials table, the Pareto front and its hypervolume.
+
+:class:`StudyResults` is what every report, figure and export works from. ``ranksearch.study`` builds
+it from an Optuna study (the only place that reads Optuna); everything here is pandas and numpy, so
+results can also be built from any list of trial records (tests, benchmarks, other tools).
+
+Objective values: ``accuracy`` is maximized; cost objectives (``macs``, ``params``) are minimized
+fractions of the dense model's, so the dense model sits at 1.0 on every cost axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..config import DENSE, CompressionConfig
+from ..errors import RanksearchError
+from ._pareto import hypervolume, hypervolume_history, pareto_mask, to_minimization
+
+__all__ = ["QUALITY", "StudyResults", "TrialRecord", "config_summary", "layer_columns", "trials_table"]
+
+QUALITY = "accuracy"
+"""The one maximized objective; every other objective is a cost."""
+
+MEASUREMENTS = ("accuracy_zero_shot", "accuracy_recalibrated", "accuracy_finetuned")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial as plain data.
+
+    Attributes:
+        number: the trial number in its study.
+        state: ``"complete"`` or ``"fail"``.
+        values: objective values in the study's objective order (None for failed trials).
+        params: the sampler's choices, ``{"<layer>.method": ..., "<layer>.<method>.rank_fraction": ...}``.
+        attrs: what the evaluator measured (``Evaluation.attributes()``), plus ``duplicate_of`` for a
+            config measured by an earlier trial.
+    """
+
+    number: int
+    state: str
+    values: tuple[float, ...] | None
+    params: Mapping[str, object] = field(default_factory=dict)
+    attrs: Mapping[str, object] = field(default_factory=dict)
+
+
+def config_summary(config: Mapping[str, object]) -> str:
+    """``"dense:12 svd:3 tucker2:5"``: how many layers each method got, from a config's JSON dict."""
+    counts: dict[str, int] = {}
+    for spec in config.get("layers", {}).values():
+        counts[spec["method"]] = counts.get(spec["method"], 0) + 1
+    return " ".join(f"{m}:{n}" for m, n in sorted(counts.items()))
+
+
+def layer_columns(layer: str) -> tuple[str, str, str]:
+    """The trials-table columns of one layer: its method, rank and kept-rank fraction."""
+    return f"method:{layer}", f"rank:{layer}", f"fraction:{layer}"
+
+
+def _rank_text(rank: object) -> str | None:
+    if rank is None:
+        return None
+    return "x".join(str(r) for r in rank) if isinstance(rank, (list, tuple)) else str(rank)
+
+
+def trials_table(
+    records: Sequence[TrialRecord], objectives: Sequence[str], directions: Sequence[str], layers: Sequence[str]
+) -> pd.DataFrame:
+    """One row per trial: objectives, measurements, ratios, ``is_pareto`` and per-layer method/rank/fraction.
+
+    ``is_pareto`` is computed over the objectives and directions among completed trials; a duplicate
+    (a config measured by an earlier trial, ``duplicate_of`` set) shares its original's flag. Columns
+    ``macs_ratio``/``params_ratio`` are fractions of the dense model; ``macs_reduction``/``params_reduction``
+    their inverses ("4.0x fewer"); ``macs_count``/``params_count`` absolute MACs (multiply-accumulates,
+    FLOPs = 2 x MACs) and parameters. Rows are in trial order.
+    """
+    rows = []
+    for record in records:
+        attrs = record.attrs
+        values = record.values if record.values is not None else (math.nan,) * len(objectives)
+        row: dict[str, object] = {"trial": record.number, **dict(zip(objectives, values, strict=True))}
+        row["state"] = record.state
+        for key in MEASUREMENTS:
+            row[key] = attrs.get(key)
+        for cost in ("macs", "params"):
+            ratio = attrs.get(f"{cost}_ratio")
+            row[f"{cost}_ratio"] = ratio
+            row[f"{cost}_reduction"] = 1 / ratio if ratio else None
+            row[f"{cost}_count"] = attrs.get(cost)
+        row["finetune_skipped"] = attrs.get("finetune_skipped")
+        row["failure"] = attrs.get("failure")
+        row["seconds"] = (attrs.get("seconds") or {}).get("total")
+        config = attrs.get("config") or {}
+        row["methods"] = config_summary(config)
+        row["duplicate_of"] = attrs.get("duplicate_of")
+        specs = config.get("layers", {})
+        for layer in layers:
+            method_col, rank_col, fraction_col = layer_columns(layer)
+            spec = specs.get(layer, {"method": DENSE, "rank": None})
+            row[method_col] = spec["method"]
+            row[rank_col] = _rank_text(spec.get("rank"))
+            fraction = record.params.get(f"{layer}.{spec['method']}.rank_fraction")
+            row[fraction_col] = 1.0 if spec["method"] == DENSE else fraction
+        rows.append(row)
+    columns = ["trial", *objectives, "state", *MEASUREMENTS]
+    for cost in ("macs", "params"):
+        columns += [f"{cost}_ratio", f"{cost}_reduction", f"{cost}_count"]
+    columns += ["finetune_skipped", "failure", "seconds", "methods", "duplicate_of"]
+    columns += [c for layer in layers for c in layer_columns(layer)]
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in ("duplicate_of", *MEASUREMENTS, "macs_ratio", "params_ratio", "macs_reduction", "params_reduction"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    for column in objectives:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    complete = (frame["state"] == "complete").to_numpy() if len(frame) else np.zeros(0, dtype=bool)
+    mask = np.zeros(len(frame), dtype=bool)
+    if complete.any():
+        mask[complete] = pareto_mask(frame.loc[complete, list(objectives)].to_numpy(), directions)
+    frame["is_pareto"] = mask
+    return frame.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Everything a report needs about one study, as plain data.
+
+    Attributes:
+        name: the study's name.
+        storage: its storage URL (None for an in-memory study).
+        objectives: objective names in the study's order; ``"accuracy"`` is maximized, the rest are
+            costs as fractions of the dense model.
+        directions: ``"maximize"``/``"minimize"`` per objective.
+        trials: :func:`trials_table` of every finished trial.
+        layers: the searched layers, in model order.
+        dense: the dense model as measured by the evaluator: ``accuracy``, ``macs``, ``params``, ``input_shape``.
+        settings: how the study was run (sampler, evaluator settings, search space), for the report.
+        configs: trial number -> the config's JSON dict (the exact config each trial evaluated).
+        reference_accuracy: the accuracy coordinate of the hypervolume reference point (its cost
+            coordinates are the dense model's costs, 1.0).
+    """
+
+    name: str
+    storage: str | None
+    objectives: tuple[str, ...]
+    directions: tuple[str, ...]
+    trials: pd.DataFrame
+    layers: tuple[str, ...]
+    dense: Mapping[str, object]
+    settings: Mapping[str, object] = field(default_factory=dict)
+    configs: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
+    reference_accuracy: float = 0.0
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Sequence[TrialRecord],
+        *,
+        name: str,
+        objectives: Sequence[str],
+        layers: Sequence[str],
+        dense: Mapping[str, object],
+        storage: str | None = None,
+        directions: Sequence[str] | None = None,
+        settings: Mapping[str, object] | None = None,
+        reference_accuracy: float = 0.0,
+    ) -> StudyResults:
+        """Results from trial records (directions default to maximize accuracy, minimize the rest)."""
+        objectives = tuple(objectives)
+        directions = tuple(directions or ("maximize" if o == QUALITY else "minimize" for o in objectives))
+        configs = {r.number: r.attrs["config"] for r in records if r.attrs.get("config")}
+        table = trials_table(records, objectives, directions, layers)
+        return cls(
+            name, storage, objectives, directions, table, tuple(layers), dict(dense), dict(settings or {}),
+            configs, reference_accuracy,
+        )  # fmt: skip
+
+    # --- views ---------------------------------------------------------------------------------
+    @property
+    def costs(self) -> tuple[str, ...]:
+        """The cost objectives (every objective but accuracy)."""
+        return tuple(o for o in self.objectives if o != QUALITY)
+
+    @property
+    def primary_cost(self) -> str:
+        """The cost that orders tables and the knee: ``macs`` when searched, else the first cost."""
+        return "macs" if "macs" in self.costs else self.costs[0]
+
+    def completed(self) -> pd.DataFrame:
+        """Completed trials, each config once (duplicates dropped), in trial order."""
+        frame = self.trials
+        return frame[(frame["state"] == "complete") & frame["duplicate_of"].isna()]
+
+    def pareto(self) -> pd.DataFrame:
+        """The Pareto-optimal trials (each config once), cheapest first."""
+        frame = self.completed()
+        front = frame[frame["is_pareto"]]
+        return front.sort_values([self.primary_cost, "trial"]).reset_index(drop=True)
+
+    def config(self, trial: int) -> CompressionConfig:
+        """The config a trial evaluated; a clear error for a trial that does not exist or has none."""
+        if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)):
+            raise RanksearchError(f"a trial number must be an int, got {trial!r}")
+        trial = int(trial)
+        if trial not in self.configs:
+            numbers = sorted(self.configs)
+            span = f"trials {numbers[0]}..{numbers[-1]}" if numbers else "no trials with a config"
+            raise RanksearchError(f"study {self.name!r} has no trial {trial} with a config ({span})")
+        return CompressionConfig.from_dict(self.configs[trial])
+
+    def row(self, trial: int) -> pd.Series:
+        """The trials-table row of one trial."""
+        rows = self.trials[self.trials["trial"] == trial]
+        if rows.empty:
+            raise RanksearchError(f"study {self.name!r} has no finished trial {trial}")
+        return rows.iloc[0]
+
+    # --- hypervolume -----------------------------------------------------------------------------
+    def reference_point(self) -> dict[str, float]:
+        """The hypervolume reference: ``reference_accuracy`` and the dense model's cost (1.0) per cost."""
+        return {o: (self.reference_accuracy if o == QUALITY else 1.0) for o in self.objectives}
+
+    def _minimized(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        points = to_minimization(frame[list(self.objectives)].to_numpy(dtype=float), self.directions)
+        reference = to_minimization(np.array([[self.reference_point()[o] for o in self.objectives]]), self.directions)[
+            0
+        ]
+        return points, reference
+
+    def hypervolume(self) -> float:
+        """Volume the front dominates up to :meth:`reference_point` (objectives as they are stored).
+
+        With accuracy in [0, 1] and costs as fractions of dense, the largest possible value is
+        ``dense accuracy - reference_accuracy`` only if a config kept dense accuracy at zero cost.
+        """
+        frame = self.completed()
+        if frame.empty:
+            return 0.0
+        return hypervolume(*self._minimized(frame))
+
+    def hypervolume_history(self) -> pd.DataFrame:
+        """``trial``, ``hypervolume``: the front's hypervolume after each finished trial, in trial order."""
+        frame = self.trials.sort_values("trial")
+        points, reference = self._minimized(frame)
+        points[(frame["state"] != "complete").to_numpy()] = np.nan
+        return pd.DataFrame({"trial": frame["trial"].to_numpy(), "hypervolume": hypervolume_history(points, reference)})

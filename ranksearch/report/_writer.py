@@ -1,0 +1,122 @@
+"""``write_report``: every output of a study in one folder (tables, dashboard, optional images)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import RanksearchError
+from ._dashboard import write_dashboard
+from ._figures import figures as make_figures
+from ._results import StudyResults
+
+__all__ = ["ReportFiles", "write_report"]
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` wrote, and notes on what it could not (e.g. no Chrome for images)."""
+
+    folder: Path
+    html: Path
+    tables: list[Path] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+    screenshot: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _parquet_available() -> bool:
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def _write_tables(results: StudyResults, folder: Path) -> tuple[list[Path], list[str]]:
+    trials = results.trials
+    written = [folder / "trials.csv", folder / "pareto.csv", folder / "hypervolume.csv"]
+    trials.to_csv(written[0], index=False)
+    results.pareto().to_csv(written[1], index=False)
+    results.hypervolume_history().to_csv(written[2], index=False)
+    notes = []
+    if _parquet_available():
+        written.append(folder / "trials.parquet")
+        trials.to_parquet(written[-1], index=False)
+    else:
+        written.append(folder / "trials.json")
+        trials.to_json(written[-1], orient="records", indent=1)
+        notes.append("trials.json instead of trials.parquet: Parquet needs pyarrow (pip install pyarrow)")
+    summary = {
+        "study": results.name,
+        "storage": results.storage,
+        "objectives": list(results.objectives),
+        "directions": list(results.directions),
+        "trials": len(trials),
+        "completed": int((trials["state"] == "complete").sum()) if len(trials) else 0,
+        "pareto_trials": [int(t) for t in results.pareto()["trial"]],
+        "hypervolume": results.hypervolume(),
+        "reference_point": results.reference_point(),
+        "dense": dict(results.dense),
+    }
+    written.append(folder / "summary.json")
+    written[-1].write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return written, notes
+
+
+def write_report(
+    results: StudyResults,
+    folder: str | Path,
+    *,
+    images: Sequence[str] = (),
+    screenshot: str | Path | None = None,
+    study_file: str | None = None,
+) -> ReportFiles:
+    """Write a study's report to ``folder``.
+
+    Files: ``trials.csv`` and ``trials.parquet`` (``trials.json`` without pyarrow), ``pareto.csv``,
+    ``hypervolume.csv``, ``summary.json`` and ``report.html`` (the self-contained dashboard). With
+    ``images`` (e.g. ``("png", "svg")``) each figure is also written as ``figures/<name>.<format>``
+    through kaleido; ``screenshot`` takes a PNG of the dashboard in headless Chromium. When no
+    Chrome/Chromium is available those two are skipped with a note, and everything else is written.
+
+    Args:
+        results: the study (:meth:`RankSearch.results` or :func:`ranksearch.study.load_results`).
+        folder: output folder (created).
+        images: static image formats for the figures (png, svg, pdf, jpeg, webp).
+        screenshot: where to write a PNG screenshot of the dashboard.
+        study_file: the study file the dashboard's export commands should name.
+    """
+    start = time.perf_counter()
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RanksearchError(f"cannot create the report folder {str(folder)!r}: {error.strerror}") from None
+    figs = make_figures(results)
+    tables, notes = _write_tables(results, folder)
+    html_path = write_dashboard(results, figs, folder / "report.html", study_file=study_file)
+    files = ReportFiles(folder, html_path, tables, notes=notes)
+    if images:
+        from ..images import StaticExportUnavailable, write_images
+
+        try:
+            files.images = write_images(figs, folder / "figures", formats=tuple(images))
+        except StaticExportUnavailable as error:
+            files.notes.append(f"no static images: {error}")
+    if screenshot is not None:
+        from ..browser import BrowserUnavailable, render_page
+
+        try:
+            page = render_page(html_path, full_page=True)
+        except BrowserUnavailable as error:
+            files.notes.append(f"no screenshot: {error}")
+        else:
+            if page.errors:
+                files.notes.append(f"the dashboard logged JavaScript errors: {'; '.join(page.errors)}")
+            files.screenshot = Path(screenshot)
+            files.screenshot.parent.mkdir(parents=True, exist_ok=True)
+            files.screenshot.write_bytes(page.screenshot)
+    files.seconds = time.perf_counter() - start
+    return files
