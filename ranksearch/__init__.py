@@ -10,6 +10,9 @@ The core API::
     rs.count(small, input_shape=(1, 3, 32, 32))   # MACs, params, per-layer table
     search = rs.RankSearch(model, train_loader, val_loader, objectives=("accuracy", "macs"))
     search.optimize(n_trials=50); search.pareto_front()
+    search.figures(); search.report("runs/my-study")   # plotly figures; tables + HTML dashboard
+    choice = search.choose(max_costs={"macs": 0.5})      # or trial=, min_accuracy=, knee=True
+    rs.save("model.pt", small, cfg, model); rs.load("model.pt", base_model=model)
 
 ``RankSearch`` is the only part that needs Optuna; it is imported on first use.
 """
@@ -23,6 +26,7 @@ from .costs import CostReport, compare, count
 from .decompositions import Decomposition, FactorizedLayer, available_methods, get_method
 from .errors import ConfigError, RanksearchError, UnsupportedLayerError
 from .evaluator import Evaluator, EvaluatorSettings
+from .export import load, save
 from .layers import LayerInfo, compressible_layers, skipped_layers
 from .space import SearchSpace
 
@@ -48,6 +52,8 @@ __all__ = [
     "compressible_layers",
     "count",
     "get_method",
+    "load",
+    "save",
     "skipped_layers",
 ]
 

@@ -11,10 +11,11 @@ from .cache import FactorCache
 from .config import CompressionConfig, ResolvedLayer
 from .errors import RanksearchError
 
-__all__ = ["apply", "apply_resolved"]
+__all__ = ["apply", "apply_resolved", "replace_module"]
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule called ``name`` (in place)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if isinstance(parent, (nn.Sequential, nn.ModuleList)) and child.isdigit():
@@ -58,5 +59,5 @@ def apply_resolved(
         replacements[layer.name] = replacement
     compressed = copy.deepcopy(model)
     for name, replacement in replacements.items():
-        _replace(compressed, name, replacement)
+        replace_module(compressed, name, replacement)
     return compressed

@@ -189,8 +189,12 @@ class CompressionConfig(Mapping[str, Entry]):
         return cls.from_json(text)
 
     # --- against a model ----------------------------------------------------------------------
-    def resolve(self, model: nn.Module) -> list[ResolvedLayer]:
-        """Check every compressed entry against ``model``; errors name the layer and the problem."""
+    def resolve(self, model: nn.Module, *, check_weights: bool = True) -> list[ResolvedLayer]:
+        """Check every compressed entry against ``model``; errors name the layer and the problem.
+
+        ``check_weights=False`` skips the finite-weights check, for callers that only need the
+        structure (loading a saved model onto an architecture whose weights do not matter).
+        """
         own_reasons = _layer_reasons(model)
         resolved = []
         for name, (method_name, rank) in self.compressed().items():
@@ -207,7 +211,7 @@ class CompressionConfig(Mapping[str, Entry]):
                 canonical = method.canonical_rank(module, rank)
             except ConfigError as error:
                 raise ConfigError(f"layer {name!r}: {method.name} {error}") from None
-            if not torch.isfinite(module.weight).all():
+            if check_weights and not torch.isfinite(module.weight).all():
                 raise ConfigError(f"layer {name!r}: weight has non-finite values (NaN or inf)")
             resolved.append(ResolvedLayer(name, module, method, canonical))
         return resolved

@@ -14,7 +14,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -120,12 +120,15 @@ class Evaluation:
     failure: str | None = None
     layer_errors: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+    """The compressed, fine-tuned model, kept only when asked (``evaluate(..., keep_model=True)``)."""
 
     def attributes(self) -> dict[str, object]:
-        """JSON-ready attributes: the config as its JSON dict, everything else as is."""
-        attrs = asdict(self)
-        attrs["config"] = self.config.to_dict()
-        return attrs
+        """JSON-ready attributes: the config as its JSON dict, everything else but the model as is."""
+        attrs = {
+            f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ("config", "model")
+        }
+        return {"config": self.config.to_dict(), **attrs}
 
 
 def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -288,8 +291,11 @@ class Evaluator:
             optimizer.step()
         model.eval()
 
-    def evaluate(self, config: CompressionConfig) -> Evaluation:
+    def evaluate(self, config: CompressionConfig, *, keep_model: bool = False) -> Evaluation:
         """Measure one config; a failure (NaN loss, an exception) is recorded, not raised.
+
+        With ``keep_model`` the compressed, fine-tuned model is returned in ``Evaluation.model``
+        (what ``ranksearch export`` saves).
 
         Bad configs (unknown layer, rank out of range) still raise :class:`ConfigError`: they are
         the caller's bug, not a property of the config's quality.
@@ -337,4 +343,6 @@ class Evaluator:
         result.seconds["total"] = time.perf_counter() - start
         if result.failure is None and not math.isfinite(result.accuracy):
             result.failure = f"the metric is not finite ({result.accuracy})"
+        if keep_model and result.failure is None:
+            result.model = model
         return result
