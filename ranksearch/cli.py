@@ -1,6 +1,10 @@
 """The ``ranksearch`` command line.
 
-- ``ranksearch run STUDY.toml``: run (or continue) the study a file describes and print its Pareto front.
+- ``ranksearch run STUDY.toml``: run (or continue) the study a file describes, print its Pareto front and
+  write its report.
+- ``ranksearch report STUDY.toml`` (or ``--storage URL --study NAME``): tables, figures and the HTML dashboard.
+- ``ranksearch export STUDY.toml --knee`` (or ``--trial N``, ``--max-macs F``, ``--min-accuracy A``...): the
+  chosen config as JSON and the compressed model (optionally fine-tuned longer, optionally ONNX).
 - ``ranksearch layers``: which layers of a built-in model can be compressed, how, and up to which rank.
 - ``ranksearch demo``: compress a built-in model with a hand-written config and print the cost table.
 """
@@ -11,6 +15,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -20,8 +25,12 @@ from .cache import FactorCache
 from .config import CompressionConfig
 from .costs import compare, count
 from .errors import RanksearchError
+from .export import save
+from .finetune import finetune_epochs
 from .layers import compressible_layers, skipped_layers
 from .models import available_models, build_model
+from .report import StudyResults, choose, write_report
+from .studyfile import load_study_file
 
 __all__ = ["main"]
 
@@ -36,6 +45,10 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape or any(s < 1 for s in shape):
         raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
     return shape
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +69,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, help="total trial budget (default: the file's [study] n_trials)")
     run.add_argument("--storage", help="Optuna storage URL (default: the file's, or sqlite:///runs/<name>.db)")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+
+    report = commands.add_parser("report", help="write a study's tables, figures and HTML dashboard")
+    report.add_argument("study_file", nargs="?", help="a study file (or give --storage and --study)")
+    report.add_argument("--storage", help="Optuna storage URL (default: the study file's)")
+    report.add_argument("--study", help="study name in --storage (without a study file)")
+    report.add_argument("--out", help="output folder (default: <SQLite file's folder>/<study name>, e.g. runs/NAME)")
+    report.add_argument("--images", type=_formats, default=(), help="also write each figure as e.g. png,svg")
+    report.add_argument("--screenshot", metavar="PNG", help="also write a screenshot of the dashboard")
+
+    export = commands.add_parser("export", help="write a chosen trial's config and compressed model")
+    export.add_argument("study_file", help="the study file of a study that has run")
+    export.add_argument("--storage", help="Optuna storage URL (default: the study file's)")
+    pick = export.add_argument_group("which trial (a number, or a rule; caps combine with a goal)")
+    pick.add_argument("--trial", type=int, help="trial number")
+    pick.add_argument("--max-macs", type=float, metavar="F", help="MACs at most F x dense (e.g. 0.5)")
+    pick.add_argument("--max-params", type=float, metavar="F", help="parameters at most F x dense")
+    pick.add_argument("--min-accuracy", type=float, metavar="A", help="cheapest trial with accuracy >= A")
+    pick.add_argument("--max-accuracy-drop", type=float, metavar="D", help="cheapest trial within D of dense")
+    pick.add_argument("--knee", action="store_true", help="the knee of the accuracy / cost front")
+    export.add_argument("--out", help="output folder (default: the report's folder/trial-<N>)")
+    export.add_argument("--epochs", type=int, default=0, help="fine-tune the chosen model for E more epochs")
+    export.add_argument("--lr", type=float, default=0.01, help="peak learning rate of --epochs (default: 0.01)")
+    export.add_argument("--onnx", action="store_true", help="also write model.onnx (needs ranksearch[onnx])")
 
     layers = commands.add_parser("layers", help="list compressible and skipped layers of a built-in model")
     _add_model_arguments(layers)
@@ -121,7 +158,6 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 def _run_study(args: argparse.Namespace) -> None:
     from .runner import prepare_search  # imports Optuna: only for the commands that need it
-    from .studyfile import load_study_file
 
     study_file = load_study_file(args.study_file)
     budget = study_file.study.n_trials if args.n_trials is None else args.n_trials
@@ -140,17 +176,139 @@ def _run_study(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: {search.remaining(budget)} trials left; run the same command again to continue")
         raise
-    front = search.pareto_front()
+    results = search.results()
+    front = results.pareto()
     columns = [
         c
         for c in (*search.objectives, "accuracy_zero_shot", "accuracy_recalibrated", "params_ratio", "methods")
         if c in front.columns
     ]
     print(
-        f"\nPareto front ({len(front)} of {len(search.completed_trials())} completed trials; "
+        f"\nPareto front ({len(front)} of {len(results.completed())} measured configs; "
         "macs/params are fractions of the dense model):"
     )
     print(front[["trial", *dict.fromkeys(columns)]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if not args.no_report:
+        _write_report(results, output_folder(search.storage_url, results.name), study_file=args.study_file)
+
+
+def output_folder(storage: str | None, name: str) -> Path:
+    """Default folder of a study's report and exports: ``<SQLite file's folder>/<name>``, else ``runs/<name>``."""
+    if storage and storage.startswith("sqlite:///") and storage[len("sqlite:///") :] not in ("", ":memory:"):
+        return Path(storage[len("sqlite:///") :]).parent / name
+    return Path("runs") / name
+
+
+def _write_report(results: StudyResults, folder: Path, **options: object) -> None:
+    files = write_report(results, folder, **options)
+    print(f"\nreport: {files.html} ({files.seconds:.1f} s; tables in {files.folder})")
+    for path in files.images:
+        print(f"  figure: {path}")
+    if files.screenshot:
+        print(f"  screenshot: {files.screenshot}")
+    for note in files.notes:
+        print(f"  note: {note}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .study import load_results
+
+    if args.study_file is not None:
+        if args.study:
+            raise RanksearchError("give a study file or --storage with --study, not both")
+        study_file = load_study_file(args.study_file)
+        storage, name = args.storage or study_file.storage, study_file.study.name
+    elif args.storage and args.study:
+        storage, name = args.storage, args.study
+    else:
+        raise RanksearchError("say which study: a study file, or --storage URL --study NAME")
+    results = load_results(storage, name)
+    if results.trials.empty:
+        raise RanksearchError(f"study {name!r} in {storage} has no finished trial yet: run it first")
+    folder = Path(args.out) if args.out else output_folder(storage, name)
+    _write_report(results, folder, images=args.images, screenshot=args.screenshot, study_file=args.study_file)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .runner import prepare
+    from .study import load_results
+
+    study_file = load_study_file(args.study_file)
+    storage = args.storage or study_file.storage
+    results = load_results(storage, study_file.study.name)  # before prepare(): it would create a new study
+    caps = {k: v for k, v in (("macs", args.max_macs), ("params", args.max_params)) if v is not None}
+    choice = choose(
+        results,
+        trial=args.trial,
+        max_costs=caps,
+        min_accuracy=args.min_accuracy,
+        max_accuracy_drop=args.max_accuracy_drop,
+        knee=args.knee,
+    )
+    if args.epochs < 0:
+        raise RanksearchError(f"--epochs must be >= 0, got {args.epochs}")
+    print(f"chosen: {choice.rule}")
+    prepared = prepare(study_file, storage=storage)
+    evaluator, config, row = prepared.search.evaluator, results.config(choice.trial), choice.row
+    result = evaluator.evaluate(config, keep_model=True)
+    if result.failure is not None:
+        raise RanksearchError(f"trial {choice.trial} could not be rebuilt: {result.failure}")
+    if (result.macs, result.params) != (row["macs_count"], row["params_count"]):
+        raise RanksearchError(
+            f"trial {choice.trial} recorded {row['macs_count']:,} MACs / {row['params_count']:,} params but its "
+            f"config gives {result.macs:,} / {result.params:,} here: the model differs from the study's"
+        )
+    print(
+        f"rebuilt trial {choice.trial}: {result.macs:,} MACs ({result.macs_ratio:.1%} of dense), {result.params:,} "
+        f"params ({result.params_ratio:.1%}); accuracy {result.accuracy:.4f} (recorded {row['accuracy']:.4f})"
+    )
+    model, metadata = (
+        result.model,
+        {
+            "study": results.name,
+            "storage": storage,
+            "trial": choice.trial,
+            "rule": choice.rule,
+            "accuracy_recorded": float(row["accuracy"]),
+            "accuracy": result.accuracy,
+            "macs": result.macs,
+            "params": result.params,
+            "macs_ratio": result.macs_ratio,
+            "params_ratio": result.params_ratio,
+        },
+    )
+    if args.epochs:
+        before = result.accuracy
+        finetune_epochs(model, prepared.train_loader, epochs=args.epochs, lr=args.lr, device=evaluator.settings.device)
+        after = evaluator.measure(model)
+        metadata.update(finetune_epochs=args.epochs, finetune_lr=args.lr, accuracy=after, accuracy_before=before)
+        print(
+            f"fine-tuned {args.epochs} epochs: accuracy {before:.4f} -> {after:.4f} "
+            f"(dense {results.dense['accuracy']:.4f})"
+        )
+    folder = Path(args.out) if args.out else output_folder(storage, results.name) / f"trial-{choice.trial}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RanksearchError(f"cannot create the export folder {str(folder)!r}: {error.strerror}") from None
+    config.save(folder / "config.json")
+    model = model.cpu().eval()
+    path = save(
+        folder / "model.pt", model, config, prepared.model.cpu(), builtin=prepared.builtin, metadata=metadata,
+        cache=evaluator.cache,
+    )  # fmt: skip
+    print(f"config: {folder / 'config.json'}\nmodel: {path}")
+    load_hint = "rs.load(path)" if prepared.builtin else "rs.load(path, base_model=YourModel())"
+    print(f"  load it with: import ranksearch as rs; model = {load_hint}")
+    if args.onnx:
+        from .onnx_export import export_onnx
+
+        example = evaluator.val_batches[0][0][:1].cpu()
+        onnx = export_onnx(model, example, folder / "model.onnx")
+        print(
+            f"onnx: {onnx.path}"
+            + (f" (max |onnxruntime - torch| = {onnx.max_abs_diff:.2e})" if onnx.max_abs_diff is not None else "")
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             _run_study(args)
+        elif args.command == "report":
+            _report(args)
+        elif args.command == "export":
+            _export(args)
         elif args.command == "layers":
             _print_layers(args)
         elif args.command == "demo":

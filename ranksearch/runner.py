@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +16,28 @@ from .models import build_model
 from .study import RankSearch
 from .studyfile import StudyFile
 
-__all__ = ["load_model", "prepare_search"]
+__all__ = ["PreparedStudy", "builtin_spec", "load_model", "prepare", "prepare_search"]
+
+
+@dataclass
+class PreparedStudy:
+    """A study file made ready: the open search, its data loaders and the trained model."""
+
+    search: RankSearch
+    model: nn.Module
+    train_loader: Iterable
+    val_loader: Iterable
+    builtin: dict[str, object] | None
+    """``{"name", "options"}`` of a built-in model (None for a ``[model] path``): lets exports rebuild it."""
+
+
+def builtin_spec(study_file: StudyFile, splits: object) -> dict[str, object] | None:
+    """The built-in model's name and full options (in/out sizes from the data), or None for a saved module."""
+    section = study_file.model
+    if section.path is not None:
+        return None
+    options = {"in_channels": splits.input_shape[0], "num_classes": splits.num_classes, **section.options}
+    return {"name": section.name, "options": options}
 
 
 def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None] = print) -> nn.Module:
@@ -35,7 +57,7 @@ def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None]
                 "(save the module itself with torch.save(model, path))"
             )
         return model.eval()
-    options = {"in_channels": splits.input_shape[0], "num_classes": splits.num_classes, **section.options}
+    options = builtin_spec(study_file, splits)["options"]
     try:
         with torch.random.fork_rng(devices=[]):  # the baseline's seed also fixes its initial weights
             torch.manual_seed(study_file.baseline.train.seed)
@@ -67,6 +89,11 @@ def prepare_search(
     study_file: StudyFile, *, storage: str | None = None, log: Callable[[str], None] = print
 ) -> RankSearch:
     """Load data and model and open (or resume) the study the file describes."""
+    return prepare(study_file, storage=storage, log=log).search
+
+
+def prepare(study_file: StudyFile, *, storage: str | None = None, log: Callable[[str], None] = print) -> PreparedStudy:
+    """:func:`prepare_search`, also returning the loaders and model (for exports and longer fine-tunes)."""
     if study_file.evaluator.threads is not None:  # before the baseline trains
         torch.set_num_threads(study_file.evaluator.threads)
     try:
@@ -81,7 +108,7 @@ def prepare_search(
     )
     model = load_model(study_file, splits, log)
     section = study_file.study
-    return RankSearch(
+    search = RankSearch(
         model,
         train_loader,
         val_loader,
@@ -94,3 +121,4 @@ def prepare_search(
         seed=section.seed,
         warm_start=section.warm_start,
     )
+    return PreparedStudy(search, model, train_loader, val_loader, builtin_spec(study_file, splits))
