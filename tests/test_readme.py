@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
@@ -22,6 +24,7 @@ def test_the_search_example_runs_on_your_model_and_loaders(tiny_task, tmp_path):
         .replace("finetune_steps=50", "finetune_steps=2")
         .replace("eval_batches=10", "eval_batches=1")
         .replace("sqlite:///runs/mine.db", f"sqlite:///{tmp_path}/mine.db")
+        .replace('"runs/mine', f'"{tmp_path}/mine')
     )
     assert shrunk.count("\n") == block.count("\n") and shrunk != block
     model, train_loader, val_loader = tiny_task
@@ -29,3 +32,7 @@ def test_the_search_example_runs_on_your_model_and_loaders(tiny_task, tmp_path):
     exec(compile(shrunk, str(README), "exec"), namespace)
     assert len(namespace["front"]) >= 1
     assert namespace["small"] is not model
+    assert (tmp_path / "mine" / "report.html").is_file() and set(namespace["figs"]) >= {"pareto_macs", "layers"}
+    x = val_loader.dataset[0][0][None] if hasattr(val_loader, "dataset") else next(iter(val_loader))[0][:1]
+    with torch.no_grad():
+        assert torch.equal(namespace["same"].eval()(x), namespace["small"].eval()(x))
