@@ -115,3 +115,27 @@ def test_export_to_onnx(study, tmp_path, capsys):
     assert main(["export", str(path), "--max-macs", "0.9", "--onnx", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "model.onnx").is_file()
     assert "max |onnxruntime - torch| = " in capsys.readouterr().out
+
+
+def test_report_with_images_and_a_screenshot(study, tmp_path, capsys):
+    from ranksearch.browser import find_chromium
+    from ranksearch.images import static_export_unavailable
+
+    path, _ = study
+    shot = tmp_path / "shot.png"
+    assert main(["report", str(path), "--out", str(tmp_path), "--images", "png,svg", "--screenshot", str(shot)]) == 0
+    out = capsys.readouterr().out
+    reason = static_export_unavailable()
+    if reason is None:
+        for name in ("pareto_macs", "layers", "parallel", "hypervolume", "finetune"):
+            assert (tmp_path / "figures" / f"{name}.png").is_file() and (tmp_path / "figures" / f"{name}.svg").is_file()
+    else:
+        assert f"note: no static images: {reason}" in out  # one line, and the rest is written
+    assert shot.is_file() == (find_chromium() is not None)
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_report_refuses_an_unknown_image_format(study, tmp_path, capsys):
+    path, _ = study
+    assert main(["report", str(path), "--out", str(tmp_path), "--images", "gif"]) == 2
+    assert "gif" in capsys.readouterr().err
