@@ -162,6 +162,9 @@ class RankSearch:
         if stored is None:
             if study.trials:
                 raise RanksearchError(f"study {study_name!r} in {storage} exists but was not made by ranksearch")
+            with warnings.catch_warnings():  # experimental in Optuna; lets optuna-dashboard name the objectives
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(self.objectives))
             study.set_user_attr(STUDY_ATTR, identity)
             study.set_user_attr("evaluator", asdict(self.evaluator.settings))
             study.set_user_attr("dense", asdict(self.evaluator.dense))

@@ -55,6 +55,7 @@ def test_study_completes_with_a_non_dominated_front_and_every_attribute(tiny_tas
         assert trial.values[0] == trial.user_attrs["accuracy"] and trial.values[1] == trial.user_attrs["macs_ratio"]
     front = search.pareto_front()
     assert len(front) >= 1 and list(front.columns[:3]) == ["trial", "accuracy", "macs"]
+    assert search.study.metric_names == ["accuracy", "macs"]  # optuna-dashboard shows these names
     everything = search.trials_dataframe()
     directions = ["maximize", "minimize"]
     for _, row in front.iterrows():

@@ -39,15 +39,20 @@ def _label(objective: str) -> str:
     return LABELS.get(objective, objective)
 
 
-def _hover(results: StudyResults, frame: pd.DataFrame) -> list[str]:
-    """Per trial: number, objectives, then each compressed layer's method, rank and fraction."""
-    texts = []
-    for _, row in frame.iterrows():
+Hover = dict[int, str]
+"""Trial number -> hover text; built once by :func:`figures` and shared by every figure."""
+
+
+def hover_texts(results: StudyResults) -> Hover:
+    """Per completed trial: number, objectives, then each compressed layer's method, rank and fraction."""
+    frame = results.completed()
+    columns = [layer_columns(layer) for layer in results.layers]
+    texts = {}
+    for row in frame.to_dict("records"):
         lines = [f"<b>trial {int(row['trial'])}</b>"]
         lines += [f"{o}: {row[o]:.4f}" for o in results.objectives]
         dense = 0
-        for layer in results.layers:
-            method_col, rank_col, fraction_col = layer_columns(layer)
+        for layer, (method_col, rank_col, fraction_col) in zip(results.layers, columns, strict=True):
             if row[method_col] == DENSE:
                 dense += 1
                 continue
@@ -55,11 +60,16 @@ def _hover(results: StudyResults, frame: pd.DataFrame) -> list[str]:
             share = f" ({fraction:.0%})" if pd.notna(fraction) else ""
             lines.append(f"{html.escape(layer)}: {row[method_col]} r={row[rank_col]}{share}")
         lines.append(f"{dense} layer(s) dense")
-        texts.append("<br>".join(lines))
+        texts[int(row["trial"])] = "<br>".join(lines)
     return texts
 
 
-def pareto_scatter(results: StudyResults, cost: str) -> go.Figure:
+def _hover(results: StudyResults, frame: pd.DataFrame, hover: Hover | None) -> list[str]:
+    hover = hover_texts(results) if hover is None else hover
+    return [hover[int(t)] for t in frame["trial"]]
+
+
+def pareto_scatter(results: StudyResults, cost: str, hover: Hover | None = None) -> go.Figure:
     """Accuracy against one cost: every trial in grey, the front of this pair joined, the dense model starred."""
     frame = results.completed()
     fig = go.Figure()
@@ -67,7 +77,7 @@ def pareto_scatter(results: StudyResults, cost: str) -> go.Figure:
         go.Scatter(
             x=frame[cost], y=frame[QUALITY], mode="markers", name="trials",
             marker={"color": "rgba(120,120,120,0.45)", "size": 7},
-            hovertext=_hover(results, frame), hoverinfo="text",
+            hovertext=_hover(results, frame, hover), hoverinfo="text",
         )
     )  # fmt: skip
     if not frame.empty:
@@ -77,7 +87,7 @@ def pareto_scatter(results: StudyResults, cost: str) -> go.Figure:
             go.Scatter(
                 x=front[cost], y=front[QUALITY], mode="lines+markers", name=f"Pareto front ({len(front)})",
                 line={"shape": "hv", "color": "#d62728"}, marker={"size": 9, "color": "#d62728"},
-                hovertext=_hover(results, front), hoverinfo="text",
+                hovertext=_hover(results, front, hover), hoverinfo="text",
             )
         )  # fmt: skip
     fig.add_trace(
@@ -91,7 +101,7 @@ def pareto_scatter(results: StudyResults, cost: str) -> go.Figure:
     return fig
 
 
-def pareto_3d(results: StudyResults) -> go.Figure:
+def pareto_3d(results: StudyResults, hover: Hover | None = None) -> go.Figure:
     """Accuracy against two costs in 3-D, Pareto points in red, the dense model starred."""
     x, y = results.costs[:2]
     frame = results.completed()
@@ -100,7 +110,7 @@ def pareto_3d(results: StudyResults) -> go.Figure:
         [
             go.Scatter3d(
                 x=frame[x], y=frame[y], z=frame[QUALITY], mode="markers", name="trials (Pareto in red)",
-                marker={"size": 4, "color": colors}, hovertext=_hover(results, frame), hoverinfo="text",
+                marker={"size": 4, "color": colors}, hovertext=_hover(results, frame, hover), hoverinfo="text",
             ),
             go.Scatter3d(
                 x=[1.0], y=[1.0], z=[results.dense["accuracy"]], mode="markers", name="dense model",
@@ -183,7 +193,7 @@ def hypervolume_figure(results: StudyResults) -> go.Figure:
     return fig
 
 
-def finetune_effect(results: StudyResults) -> go.Figure:
+def finetune_effect(results: StudyResults, hover: Hover | None = None) -> go.Figure:
     """Accuracy before (after BatchNorm recalibration, else zero-shot) vs after the brief fine-tune."""
     frame = results.completed()
     before = frame["accuracy_recalibrated"].fillna(frame["accuracy_zero_shot"])
@@ -192,7 +202,7 @@ def finetune_effect(results: StudyResults) -> go.Figure:
         go.Scatter(
             x=before, y=frame[QUALITY], mode="markers", name="trials",
             marker={"color": frame[cost], "colorscale": "Plasma", "showscale": True, "colorbar": {"title": cost}},
-            hovertext=_hover(results, frame), hoverinfo="text",
+            hovertext=_hover(results, frame, hover), hoverinfo="text",
         )
     )  # fmt: skip
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="no change", line={"dash": "dot", "color": "grey"}))
@@ -210,11 +220,12 @@ def figures(results: StudyResults) -> dict[str, go.Figure]:
     """Every figure that applies to the study, by name: ``pareto_<cost>`` per cost, ``pareto_3d`` with two
     costs, ``layers``, ``parallel``, ``hypervolume``, ``finetune``.
     """
-    out = {f"pareto_{cost}": pareto_scatter(results, cost) for cost in results.costs}
+    hover = hover_texts(results)
+    out = {f"pareto_{cost}": pareto_scatter(results, cost, hover) for cost in results.costs}
     if len(results.costs) >= 2:
-        out["pareto_3d"] = pareto_3d(results)
+        out["pareto_3d"] = pareto_3d(results, hover)
     out["layers"] = layer_heatmap(results)
     out["parallel"] = rank_parallel_coordinates(results)
     out["hypervolume"] = hypervolume_figure(results)
-    out["finetune"] = finetune_effect(results)
+    out["finetune"] = finetune_effect(results, hover)
     return out

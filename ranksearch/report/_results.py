@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -245,6 +246,10 @@ class StudyResults:
 
     def hypervolume_history(self) -> pd.DataFrame:
         """``trial``, ``hypervolume``: the front's hypervolume after each finished trial, in trial order."""
+        return self._history.copy()
+
+    @cached_property
+    def _history(self) -> pd.DataFrame:  # computed once: the figure and the CSV both need it
         frame = self.trials.sort_values("trial")
         points, reference = self._minimized(frame)
         points[(frame["state"] != "complete").to_numpy()] = np.nan
