@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--study", help="study name in --storage (without a study file)")
     report.add_argument("--out", help="output folder (default: <SQLite file's folder>/<study name>, e.g. runs/NAME)")
     report.add_argument("--images", type=_formats, default=(), help="also write each figure as e.g. png,svg")
-    report.add_argument("--screenshot", metavar="PNG", help="also write a screenshot of the dashboard")
+    report.add_argument("--screenshot", metavar="PNG", help="also write a screenshot of the dashboard (Chromium)")
+    report.add_argument("--screenshot-height", type=int, metavar="PX", help="its height (default: the whole page)")
 
     export = commands.add_parser("export", help="write a chosen trial's config and compressed model")
     export.add_argument("study_file", help="the study file of a study that has run")
@@ -226,7 +227,16 @@ def _report(args: argparse.Namespace) -> None:
     if results.trials.empty:
         raise RanksearchError(f"study {name!r} in {storage} has no finished trial yet: run it first")
     folder = Path(args.out) if args.out else output_folder(storage, name)
-    _write_report(results, folder, images=args.images, screenshot=args.screenshot, study_file=args.study_file)
+    if args.screenshot_height is not None and args.screenshot_height < 100:
+        raise RanksearchError(f"--screenshot-height must be >= 100 pixels, got {args.screenshot_height}")
+    _write_report(
+        results,
+        folder,
+        images=args.images,
+        screenshot=args.screenshot,
+        screenshot_height=args.screenshot_height,
+        study_file=args.study_file,
+    )
 
 
 def _export(args: argparse.Namespace) -> None:

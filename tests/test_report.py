@@ -305,3 +305,10 @@ def test_a_report_folder_that_cannot_be_created(toy, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(RanksearchError, match="cannot create the report folder"):
         write_report(toy, tmp_path / "file" / "sub")
+
+
+def test_costlier_than_dense_trials_stay_off_the_default_axis():
+    results = make_results([*toy_records(), record(3, 0.9, 2.5)])
+    fig = figures(results)["pareto_macs"]
+    assert tuple(fig.layout.xaxis.range) == (0, 1.1) and "1 trial(s) above 1.1x dense" in fig.layout.title.text
+    assert figures(make_results(toy_records()))["pareto_macs"].layout.xaxis.range is None

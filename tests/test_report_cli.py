@@ -50,6 +50,7 @@ def test_report_from_a_study_file_or_a_storage(study, tmp_path, capsys):
         (["report", "--storage", "sqlite:///{folder}/tiny.db", "--study", "nope"], "no study 'nope' in .*'tiny'"),
         (["report", "--storage", "sqlite:///{folder}/missing.db", "--study", "tiny"], "does not exist"),
         (["report", "{path}", "--study", "tiny"], "not both"),
+        (["report", "{path}", "--screenshot", "x.png", "--screenshot-height", "50"], "must be >= 100 pixels"),
         (["export", "{path}", "--trial", "99"], r"no trial 99 \(finished trials are 0\.\.3\)"),
         (["export", "{path}", "--max-macs", "0.0001"], "no trial has macs <= 0.0001 of dense; the cheapest"),
         (["export", "{path}", "--min-accuracy", "1.01"], "no trial reaches accuracy 1.0100; the best is trial"),
@@ -133,6 +134,18 @@ def test_report_with_images_and_a_screenshot(study, tmp_path, capsys):
         assert f"note: no static images: {reason}" in out  # one line, and the rest is written
     assert shot.is_file() == (find_chromium() is not None)
     assert (tmp_path / "report.html").is_file()
+    if find_chromium() is not None:
+        from PIL import Image
+
+        with Image.open(shot) as image:
+            assert image.size[1] > 2000  # the whole page
+        top = tmp_path / "top.png"
+        assert (
+            main(["report", str(path), "--out", str(tmp_path), "--screenshot", str(top), "--screenshot-height", "900"])
+            == 0
+        )
+        with Image.open(top) as image:
+            assert image.size == (1400, 900)
 
 
 def test_report_refuses_an_unknown_image_format(study, tmp_path, capsys):

@@ -203,7 +203,8 @@ fixed validation batches.</p>
 <h2>Export a configuration</h2>
 {_export_hint(results, study_file)}
 <h2>Settings</h2>
-<pre>{html.escape(settings)}</pre>
+<details><summary>sampler, evaluator, search space and the dense model as the study stored them</summary>
+<pre>{html.escape(settings)}</pre></details>
 <script>{SORT_SCRIPT}</script>
 </body></html>
 """

@@ -28,6 +28,8 @@ __all__ = [
 
 METHOD_LETTERS = {DENSE: "·", "svd": "S", "tucker2": "T", "tucker2_hooi": "H", "cp": "C", "tt": "TT"}
 LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 60, "b": 50}, "height": 460}
+COST_AXIS_MAX = 1.1
+"""Cost axes stop here by default (the dense model is at 1.0)."""
 LABELS = {
     "accuracy": "accuracy",
     "macs": "MACs (fraction of dense)",
@@ -97,7 +99,12 @@ def pareto_scatter(results: StudyResults, cost: str, hover: Hover | None = None)
             hovertext=[f"dense model<br>accuracy {results.dense['accuracy']:.4f}"], hoverinfo="text",
         )
     )  # fmt: skip
-    fig.update_layout(title=f"Accuracy vs {_label(cost)}", xaxis_title=_label(cost), yaxis_title="accuracy", **LAYOUT)
+    title = f"Accuracy vs {_label(cost)}"
+    beyond = int((frame[cost] > COST_AXIS_MAX).sum())
+    if beyond:  # configs costlier than dense squash the interesting part: keep them off the default view
+        fig.update_xaxes(range=[0, COST_AXIS_MAX])
+        title += f" ({beyond} trial(s) above {COST_AXIS_MAX:g}x dense off the axis: zoom out to see them)"
+    fig.update_layout(title=title, xaxis_title=_label(cost), yaxis_title="accuracy", **LAYOUT)
     return fig
 
 

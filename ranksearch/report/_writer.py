@@ -71,6 +71,7 @@ def write_report(
     *,
     images: Sequence[str] = (),
     screenshot: str | Path | None = None,
+    screenshot_height: int | None = None,
     study_file: str | None = None,
 ) -> ReportFiles:
     """Write a study's report to ``folder``.
@@ -85,7 +86,8 @@ def write_report(
         results: the study (:meth:`RankSearch.results` or :func:`ranksearch.study.load_results`).
         folder: output folder (created).
         images: static image formats for the figures (png, svg, pdf, jpeg, webp).
-        screenshot: where to write a PNG screenshot of the dashboard.
+        screenshot: where to write a PNG screenshot of the dashboard (1400 px wide).
+        screenshot_height: its height in pixels (None: the whole page).
         study_file: the study file the dashboard's export commands should name.
     """
     start = time.perf_counter()
@@ -109,7 +111,10 @@ def write_report(
         from ..browser import BrowserUnavailable, render_page
 
         try:
-            page = render_page(html_path, full_page=True)
+            if screenshot_height is None:
+                page = render_page(html_path, full_page=True)
+            else:
+                page = render_page(html_path, height=screenshot_height)
         except BrowserUnavailable as error:
             files.notes.append(f"no screenshot: {error}")
         else:
