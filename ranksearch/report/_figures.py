@@ -156,7 +156,7 @@ def layer_heatmap(results: StudyResults) -> go.Figure:
     fig.update_layout(
         title="Pareto configs per layer: method (letter) and kept-rank fraction (colour)",
         xaxis_title="layer",
-        yaxis_title=f"Pareto trial · accuracy (cheapest in {results.primary_cost} at the top)",
+        yaxis_title=f"trial · accuracy (cheapest {results.primary_cost} first)",
         xaxis={"type": "category"},
         yaxis={"autorange": "reversed", "type": "category"},
         **{**LAYOUT, "height": max(320, 140 + 24 * len(front))},
