@@ -38,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 import tensorly as tl
 import torch
+from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
 from torch import nn
 
 import ranksearch as rs
@@ -131,17 +132,6 @@ class Conv:
 
 
 # --- machine and timing helpers ---------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class LoadMonitor:

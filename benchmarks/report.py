@@ -52,6 +52,7 @@ import optuna
 import pandas as pd
 import plotly
 import torch
+from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
 from torch import nn
 
 from ranksearch.config import DENSE, CompressionConfig
@@ -307,16 +308,6 @@ def run_cli(arguments: Sequence[str]) -> None:
     completed = subprocess.run(arguments, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise SystemExit(f"{' '.join(arguments)} failed ({completed.returncode}):\n{completed.stderr}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 PROFILE_SPOTS = (  # (label, file suffix, function) looked up in the CLI's profile
