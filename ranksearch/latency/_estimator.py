@@ -1,0 +1,116 @@
+"""Predicting a compressed model's latency from per-layer measurements.
+
+predicted = dense model latency - sum(dense latency of each replaced layer) + sum(its factorized latency)
+
+Every term comes from the :class:`LatencyTable` (measured on first use): the dense model once per
+(model structure, input shape), each layer once per (geometry, input shape) dense and once per
+(method, rank). Layers with the same geometry and input share entries, within a model and across
+studies. The whole compressed model can also be timed, to check the prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..config import ResolvedLayer
+from ._measure import LatencySettings, _threads, device_name, measure_seconds
+from ._table import LatencyTable
+
+__all__ = ["LatencyEstimator", "layer_inputs", "structure_digest"]
+
+
+def structure_digest(model: nn.Module) -> str:
+    """A digest of a model's structure (module types, parameter and buffer names and shapes), not its values."""
+    parts = [f"{name}:{type(module).__name__}" for name, module in model.named_modules()]
+    parts += [f"{name}:{tuple(t.shape)}" for name, t in model.state_dict().items()]
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=10).hexdigest()
+
+
+def layer_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Input shape of every Conv2d and Linear in one forward pass of ``model`` on ``input_shape`` (first call)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+
+            def record(module: nn.Module, args: tuple, name: str = name) -> None:
+                shapes.setdefault(name, tuple(args[0].shape))
+
+            hooks.append(module.register_forward_pre_hook(record))
+    try:
+        parameter = next(model.parameters(), None)
+        kwargs = {} if parameter is None else {"device": parameter.device, "dtype": parameter.dtype}
+        with torch.no_grad():
+            model.eval()(torch.zeros(input_shape, **kwargs))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
+def _geometry(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        return (
+            f"conv2d({module.in_channels}->{module.out_channels} k{module.kernel_size} s{module.stride} "
+            f"p{module.padding} d{module.dilation} g{module.groups} {module.padding_mode} "
+            f"bias={module.bias is not None})"
+        )
+    return f"linear({module.in_features}->{module.out_features} bias={module.bias is not None})"
+
+
+class LatencyEstimator:
+    """Measured-latency objective of one model: predicts compressed models from the latency table.
+
+    Args:
+        model: the dense model (its structure is timed, on the settings' device and dtype).
+        sample_shape: one input sample's shape, e.g. ``(3, 32, 32)``; the batch is ``settings.batch_size``.
+        settings: how to time.
+        table: where layer latencies are kept (an in-memory table by default).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sample_shape: Sequence[int],
+        settings: LatencySettings | None = None,
+        table: LatencyTable | None = None,
+    ) -> None:
+        self.settings = settings or LatencySettings()
+        self.table = table if table is not None else LatencyTable()
+        self.input_shape = (self.settings.batch_size, *sample_shape)
+        with _threads(self.settings.threads):
+            hardware = device_name(self.settings.device)
+        self.context = f"{hardware} | {self.settings.dtype} | torch {torch.__version__}"
+        self.layer_inputs = layer_inputs(model, self.input_shape)
+        key = f"model {structure_digest(model)} @ {self.input_shape}"
+        self.dense_seconds = self._lookup(key, model, self.input_shape)
+        self.table.save()
+
+    def _lookup(self, key: str, module: nn.Module, input_shape: tuple[int, ...]) -> float:
+        return self.table.get_or_measure(self.context, key, lambda: measure_seconds(module, input_shape, self.settings))
+
+    def layer_key(self, name: str, module: nn.Module) -> str:
+        """The table key of a dense layer: geometry and input shape (the method and rank are appended)."""
+        return f"{_geometry(module)} @ {self.layer_inputs[name]}"
+
+    def predict(self, resolved: Sequence[ResolvedLayer], compressed: nn.Module) -> float:
+        """Predicted seconds of ``compressed`` (``apply_resolved(model, resolved)``), measuring unknown layers."""
+        total = self.dense_seconds
+        for layer in resolved:
+            base, shape = self.layer_key(layer.name, layer.module), self.layer_inputs[layer.name]
+            rank = "x".join(map(str, layer.rank)) if isinstance(layer.rank, tuple) else str(layer.rank)
+            dense = self._lookup(f"{base} | dense", layer.module, shape)
+            factorized = self._lookup(
+                f"{base} | {layer.method.name}:{rank}", compressed.get_submodule(layer.name), shape
+            )
+            total += factorized - dense
+        self.table.save()
+        return total
+
+    def measure_model(self, model: nn.Module) -> float:
+        """Measured seconds of a whole model (not stored: it checks the prediction)."""
+        return measure_seconds(model, self.input_shape, self.settings)

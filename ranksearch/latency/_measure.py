@@ -1,0 +1,148 @@
+"""Timing a module the way it will run: warmed up, synchronized on CUDA, repeated, the median kept."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import RanksearchError
+
+__all__ = ["DTYPES", "LatencySettings", "device_name", "measure_seconds", "prepared"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How latency is measured (all of it is part of a study's identity).
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...): where inference is timed.
+        dtype: ``float32``; ``bfloat16`` or ``float16`` on CUDA only.
+        batch_size: the inference batch size the latency is for.
+        threads: CPU threads while timing (``torch.set_num_threads``; restored after); None keeps torch's.
+        warmup: untimed runs before timing (cuDNN/oneDNN pick their kernels, caches fill).
+        repeats: timed samples; the median is kept.
+        min_sample_seconds: each sample loops the module until it lasts at least this long, so
+            microsecond layers are not lost in timer resolution.
+        check_every: also time the whole compressed model every N-th trial, to compare with the
+            prediction (0 = never; Pareto points are measured at the end of a run either way).
+        table: path of the per-layer latency table (default: ``latency/<device>.json`` beside the study).
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 1
+    threads: int | None = None
+    warmup: int = 3
+    repeats: int = 15
+    min_sample_seconds: float = 0.002
+    check_every: int = 10
+    table: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise RanksearchError(f"latency dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise RanksearchError(f"latency device {self.device!r} is not a torch device") from None
+        if device.type not in ("cpu", "cuda"):
+            raise RanksearchError(f"latency device {self.device!r}: only cpu and cuda are supported")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RanksearchError(f"latency device {self.device!r} requested but CUDA is not available on this machine")
+        if device.type == "cpu" and self.dtype != "float32":
+            raise RanksearchError(f"latency dtype {self.dtype} is for CUDA devices; on the CPU use float32")
+        for name, low in (("batch_size", 1), ("warmup", 0), ("repeats", 1), ("check_every", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise RanksearchError(f"latency setting {name} must be an int >= {low}, got {value!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise RanksearchError(f"latency setting threads must be an int >= 1 or None, got {self.threads!r}")
+        s = self.min_sample_seconds
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
+            raise RanksearchError(f"latency setting min_sample_seconds must be a number >= 0, got {s!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def device_name(device: str | torch.device) -> str:
+    """A readable name of the hardware behind ``device`` (CPU model and cores, or the GPU's name)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} x{torch.get_num_threads()} threads"
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def prepared(module: nn.Module, settings: LatencySettings) -> nn.Module:
+    """An eval-mode copy of ``module`` on the settings' device and dtype (the original is not touched)."""
+    return copy.deepcopy(module).to(device=settings.device, dtype=settings.torch_dtype).eval()
+
+
+def measure_seconds(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    settings: LatencySettings,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Median seconds of one forward pass of ``module`` on a random input of ``input_shape`` (batch included).
+
+    The module is copied to the settings' device and dtype and run under ``torch.inference_mode``:
+    ``warmup`` untimed runs, then ``repeats`` samples; a sample loops the module ``n`` times (``n``
+    chosen once so a sample lasts ``min_sample_seconds``) and counts ``time / n``. CUDA work is
+    synchronized before each clock reading.
+    """
+    device = torch.device(settings.device)
+    model = prepared(module, settings)
+    inputs = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device, settings.torch_dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with _threads(settings.threads), torch.inference_mode():
+        for _ in range(settings.warmup):
+            model(inputs)
+        sync()
+        loops, start = 1, clock()
+        model(inputs)
+        sync()
+        once = clock() - start
+        if settings.min_sample_seconds > 0 and once < settings.min_sample_seconds:
+            loops = min(10_000, max(1, math.ceil(settings.min_sample_seconds / max(once, 1e-7))))
+        samples = []
+        for _ in range(settings.repeats):
+            start = clock()
+            for _ in range(loops):
+                model(inputs)
+            sync()
+            samples.append((clock() - start) / loops)
+    return statistics.median(samples)
