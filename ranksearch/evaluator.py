@@ -10,6 +10,7 @@ deterministic for a seed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -25,10 +26,12 @@ from .cache import FactorCache
 from .config import CompressionConfig
 from .costs import count
 from .errors import RanksearchError
+from .latency import LatencyEstimator, LatencySettings, LatencyTable
 
 __all__ = ["DenseBaseline", "Evaluation", "Evaluator", "EvaluatorSettings"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
 
@@ -49,6 +52,8 @@ class EvaluatorSettings:
             default. On a busy machine fewer threads than cores avoids oversubscription, which slowed a
             training step 5x here when another process held one of the two cores.
         seed: seeds the fine-tune (the same seed gives the same metrics on CPU).
+        amp: mixed precision for fine-tune and evaluation on CUDA: ``"bfloat16"`` or ``"float16"``
+            (autocast; float16 with loss scaling); None runs in float32.
     """
 
     finetune_steps: int = 30
@@ -61,6 +66,7 @@ class EvaluatorSettings:
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
+    amp: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("finetune_steps", "bn_batches", "seed"):
@@ -83,16 +89,27 @@ class EvaluatorSettings:
             raise RanksearchError(f"evaluator setting device {self.device!r} is not a torch device") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RanksearchError(f"device {self.device!r} requested but CUDA is not available on this machine")
+        if self.amp is not None:
+            if self.amp not in AMP_DTYPES:
+                raise RanksearchError(
+                    f"evaluator setting amp must be one of {', '.join(AMP_DTYPES)} or None, got {self.amp!r}"
+                )
+            if device.type != "cuda":
+                raise RanksearchError(
+                    f"evaluator setting amp={self.amp!r} needs a CUDA device (device is {self.device!r})"
+                )
 
 
 @dataclass(frozen=True)
 class DenseBaseline:
-    """The uncompressed model measured once: accuracy on the validation subset, MACs and params."""
+    """The uncompressed model measured once: accuracy on the validation subset, MACs and params, and its
+    latency in seconds when latency is measured (batch, device and dtype as the latency settings say)."""
 
     accuracy: float
     macs: int
     params: int
     input_shape: tuple[int, ...]
+    latency_seconds: float | None = None
 
 
 @dataclass
@@ -116,6 +133,9 @@ class Evaluation:
     accuracy_zero_shot: float = float("nan")
     accuracy_recalibrated: float | None = None
     accuracy_finetuned: float | None = None
+    latency_seconds: float | None = None
+    latency_ratio: float | None = None
+    latency_measured_seconds: float | None = None
     finetune_skipped: str | None = None
     failure: str | None = None
     layer_errors: dict[str, float] = field(default_factory=dict)
@@ -202,6 +222,8 @@ class Evaluator:
         metric: Metric | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         cache: FactorCache | None = None,
+        latency: LatencySettings | None = None,
+        latency_table: LatencyTable | None = None,
     ) -> None:
         self.settings = settings or EvaluatorSettings()
         if self.settings.threads is not None:
@@ -220,7 +242,16 @@ class Evaluator:
         self._check_model_on_data()
         input_shape = (1, *self.val_batches[0][0].shape[1:])
         cost = count(self.model, input_shape)
-        self.dense = DenseBaseline(self.measure(self.model), cost.macs, cost.params, input_shape)
+        self.latency = (
+            None if latency is None else LatencyEstimator(self.model, input_shape[1:], latency, latency_table)
+        )
+        latency_seconds = None if self.latency is None else self.latency.dense_seconds
+        self.dense = DenseBaseline(self.measure(self.model), cost.macs, cost.params, input_shape, latency_seconds)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.settings.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
 
     def _check_model_on_data(self) -> None:
         inputs = self.val_batches[0][0]
@@ -250,9 +281,9 @@ class Evaluator:
         """The metric of ``model`` on the validation subset (eval mode, no gradients)."""
         model.eval()
         total, weight = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             for inputs, targets in self.val_batches:
-                total += self.metric(model(inputs), targets) * len(targets)
+                total += self.metric(model(inputs).float(), targets) * len(targets)
                 weight += len(targets)
         return total / weight
 
@@ -278,24 +309,34 @@ class Evaluator:
         """``finetune_steps`` SGD steps with cosine learning-rate decay; raises on a non-finite loss."""
         s = self.settings
         optimizer = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        scaler = torch.amp.GradScaler(self.device.type) if s.amp == "float16" else None  # float16 gradients underflow
         model.train()
         for step in range(s.finetune_steps):
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * step / s.finetune_steps))
             inputs, targets = self.train_batches[step]
-            loss = self.loss_fn(model(inputs), targets)
+            with self._autocast():
+                loss = self.loss_fn(model(inputs).float(), targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tune loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
         model.eval()
 
-    def evaluate(self, config: CompressionConfig, *, keep_model: bool = False) -> Evaluation:
+    def evaluate(
+        self, config: CompressionConfig, *, keep_model: bool = False, measure_latency: bool = False
+    ) -> Evaluation:
         """Measure one config; a failure (NaN loss, an exception) is recorded, not raised.
 
         With ``keep_model`` the compressed, fine-tuned model is returned in ``Evaluation.model``
-        (what ``ranksearch export`` saves).
+        (what ``ranksearch export`` saves). With latency settings, the latency is predicted from the
+        latency table; ``measure_latency`` also times the whole compressed model.
 
         Bad configs (unknown layer, rank out of range) still raise :class:`ConfigError`: they are
         the caller's bug, not a property of the config's quality.
@@ -322,6 +363,12 @@ class Evaluator:
             result.macs, result.params = cost.macs, cost.params
             result.macs_ratio, result.params_ratio = cost.macs / self.dense.macs, cost.params / self.dense.params
             lap("cost")
+            if self.latency is not None:
+                result.latency_seconds = self.latency.predict(resolved, model)
+                result.latency_ratio = result.latency_seconds / self.latency.dense_seconds
+                if measure_latency:
+                    result.latency_measured_seconds = self.latency.measure_model(model)
+                lap("latency")
             result.accuracy = result.accuracy_zero_shot = self.measure(model)
             if self.recalibrate(model):
                 result.accuracy = result.accuracy_recalibrated = self.measure(model)

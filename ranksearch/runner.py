@@ -120,5 +120,6 @@ def prepare(study_file: StudyFile, *, storage: str | None = None, log: Callable[
         sampler=section.sampler,
         seed=section.seed,
         warm_start=section.warm_start,
+        latency=study_file.latency,
     )
     return PreparedStudy(search, model, train_loader, val_loader, builtin_spec(study_file, splits))

@@ -24,10 +24,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from torch import nn
 
+from .apply import apply_resolved
 from .cache import FactorCache
 from .config import DENSE, CompressionConfig
 from .errors import RanksearchError
 from .evaluator import Evaluation, Evaluator, EvaluatorSettings, Metric
+from .latency import LatencySettings, LatencyTable
 from .objectives import OBJECTIVES, check_objectives, check_sampler
 from .report import Choice, ReportFiles, StudyResults, TrialRecord, choose, figures, write_report
 from .space import LayerChoices, SearchSpace
@@ -87,7 +89,7 @@ class RankSearch:
         model: the trained model to compress (never modified).
         train_loader: training batches (BatchNorm recalibration and fine-tuning).
         val_loader: validation batches (the accuracy objective).
-        objectives: two or more of ``accuracy``, ``macs``, ``params`` (``latency`` arrives later).
+        objectives: two or more of ``accuracy``, ``macs``, ``params``, ``latency``.
         storage: an Optuna storage URL (``{study_name}`` is filled in); None keeps the study in memory.
         study_name: the study's name in the storage; an existing study is resumed.
         space: methods, rank grid and layer selection.
@@ -96,6 +98,11 @@ class RankSearch:
         seed: seeds the sampler (the evaluator has its own seed).
         warm_start: kept-rank fractions of the uniform configs enqueued first, after the dense model.
         metric: ``metric(logits, targets) -> float`` replacing top-1 accuracy (higher is better).
+        cache: a shared factor cache.
+        latency: how to measure latency; default for a ``latency`` objective: float32, batch 1, on the
+            evaluator's device. Given without a latency objective, trials still record their predicted
+            latency. The per-layer latency table lives in ``latency.table``, by default
+            ``latency-table.json`` beside a SQLite storage (in memory otherwise).
     """
 
     def __init__(
@@ -114,16 +121,23 @@ class RankSearch:
         warm_start: Sequence[float] = WARM_START_FRACTIONS,
         metric: Metric | None = None,
         cache: FactorCache | None = None,
+        latency: LatencySettings | None = None,
     ) -> None:
         self.objectives = check_objectives(objectives)
         self.space = space or SearchSpace()
         self.layers: dict[str, LayerChoices] = self.space.layers(model)
         self.sampler_name = sampler
         sampler_obj = make_sampler(sampler, seed)
-        self.evaluator = Evaluator(model, train_loader, val_loader, evaluator, metric=metric, cache=cache)
         if storage is not None:
             storage = storage.replace("{study_name}", study_name)
         self.storage_url = storage
+        if latency is None and "latency" in self.objectives:
+            latency = LatencySettings(device=(evaluator or EvaluatorSettings()).device)
+        self.latency_settings = latency
+        table = None if latency is None else LatencyTable(latency.table or _default_table(storage))
+        self.evaluator = Evaluator(
+            model, train_loader, val_loader, evaluator, metric=metric, cache=cache, latency=latency, latency_table=table
+        )
         self.study = self._create_or_load(storage, study_name, sampler_obj)
         self._measured_configs: dict[str, tuple[int, tuple[float, ...], dict[str, object]]] | None = None
         if not self.study.trials:
@@ -135,7 +149,7 @@ class RankSearch:
         settings = asdict(self.evaluator.settings)
         for machine_only in ("device", "threads"):
             settings.pop(machine_only)
-        return {
+        identity: dict[str, object] = {
             "objectives": list(self.objectives),
             "layers": {name: list(layer.methods) for name, layer in self.layers.items()},
             "rank_fractions": list(self.space.rank_fractions),
@@ -143,6 +157,12 @@ class RankSearch:
             "evaluator": settings,
             "dense_cost": {"macs": self.evaluator.dense.macs, "params": self.evaluator.dense.params},
         }
+        if self.evaluator.latency is not None:  # latencies measured elsewhere (other hardware, dtype, batch) differ
+            settings = asdict(self.latency_settings)
+            for bookkeeping in ("table", "check_every"):
+                settings.pop(bookkeeping)
+            identity["latency"] = {**settings, "context": self.evaluator.latency.context}
+        return identity
 
     def _create_or_load(
         self, storage: str | None, study_name: str, sampler: optuna.samplers.BaseSampler
@@ -220,7 +240,9 @@ class RankSearch:
                 trial.set_user_attr(name, value)
             trial.set_user_attr("duplicate_of", number)
             return values
-        result = self.evaluator.evaluate(config)
+        check = self.latency_settings is not None and self.latency_settings.check_every > 0
+        measure = check and trial.number % self.latency_settings.check_every == 0
+        result = self.evaluator.evaluate(config, measure_latency=measure)
         attrs = {name: _jsonable(value) for name, value in result.attributes().items()}
         for name, value in attrs.items():
             trial.set_user_attr(name, value)
@@ -310,6 +332,26 @@ class RankSearch:
         """
         return choose(self.results(), **rule)
 
+    def measure_front_latency(self) -> dict[int, float]:
+        """Time the whole compressed model of every Pareto trial not timed yet; returns {trial: seconds}.
+
+        The measurements are kept in the study (user attribute ``latency_measured``) so the report can
+        compare them with the predicted latencies.
+        """
+        if self.evaluator.latency is None:
+            raise RanksearchError("this search measures no latency: give it latency settings (or a latency objective)")
+        results = self.results()
+        new: dict[str, float] = {}
+        for _, row in results.pareto().iterrows():
+            if pd.notna(row["latency_measured_ms"]):
+                continue
+            resolved = results.config(int(row["trial"])).resolve(self.evaluator.model)
+            model = apply_resolved(self.evaluator.model, resolved, cache=self.evaluator.cache)
+            new[str(int(row["trial"]))] = self.evaluator.latency.measure_model(model)
+        if new:
+            self.study.set_user_attr("latency_measured", {**self.study.user_attrs.get("latency_measured", {}), **new})
+        return {int(trial): seconds for trial, seconds in new.items()}
+
     def config(self, trial_number: int) -> CompressionConfig:
         """The CompressionConfig a trial evaluated."""
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
@@ -323,7 +365,15 @@ class TrialFailed(Exception):
 
 
 def _objective_value(result: Evaluation, name: str) -> float:
-    return {"accuracy": result.accuracy, "macs": result.macs_ratio, "params": result.params_ratio}[name]
+    values = {"accuracy": result.accuracy, "macs": result.macs_ratio, "params": result.params_ratio}
+    return result.latency_ratio if name == "latency" else values[name]
+
+
+def _default_table(storage: str | None) -> Path | None:
+    """``latency-table.json`` beside a SQLite storage file; None (in memory) for other storages."""
+    if storage and storage.startswith("sqlite:///") and storage[len("sqlite:///") :] not in ("", ":memory:"):
+        return Path(storage[len("sqlite:///") :]).parent / "latency-table.json"
+    return None
 
 
 def _jsonable(value: object) -> object:
@@ -342,17 +392,17 @@ def results_of(study: optuna.Study, storage: str | None = None) -> StudyResults:
     if identity is None:
         raise RanksearchError(f"study {study.study_name!r} in {storage} was not made by ranksearch")
     finished = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.FAIL: "fail"}
-    records = [
-        TrialRecord(
-            t.number,
-            finished[t.state],
-            tuple(t.values) if t.state == optuna.trial.TrialState.COMPLETE else None,
-            dict(t.params),
-            dict(t.user_attrs),
-        )
-        for t in study.get_trials(deepcopy=False, states=tuple(finished))
-    ]
+    timed = study.user_attrs.get("latency_measured", {})  # Pareto points timed after the run
+    records = []
+    for t in study.get_trials(deepcopy=False, states=tuple(finished)):
+        attrs = dict(t.user_attrs)
+        original = str(attrs.get("duplicate_of", t.number))
+        if attrs.get("latency_measured_seconds") is None and original in timed:
+            attrs["latency_measured_seconds"] = timed[original]
+        values = tuple(t.values) if t.state == optuna.trial.TrialState.COMPLETE else None
+        records.append(TrialRecord(t.number, finished[t.state], values, dict(t.params), attrs))
     settings = {
+        "latency": identity.get("latency"),
         "sampler": study.user_attrs.get("sampler"),
         "evaluator": study.user_attrs.get("evaluator"),
         "space": {

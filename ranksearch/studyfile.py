@@ -7,6 +7,7 @@
 [baseline]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, cache_dir
 [space]            # SearchSpace: methods, rank_fractions, rank_multiple, include, exclude, overrides
 [evaluator]        # EvaluatorSettings: finetune_steps, lr, momentum, weight_decay, eval_batches, bn_batches, ...
+[latency]          # LatencySettings: device, dtype, batch_size, threads, warmup, repeats, check_every, table
 ```
 
 Each section maps onto one frozen dataclass (the search space and evaluator sections onto the very
@@ -29,6 +30,7 @@ from pathlib import Path
 from .baseline import TrainSettings
 from .errors import RanksearchError
 from .evaluator import EvaluatorSettings
+from .latency import LatencySettings
 from .objectives import check_objectives, check_sampler
 from .space import SearchSpace
 
@@ -103,6 +105,8 @@ class StudyFile:
     baseline: BaselineSection
     space: SearchSpace
     evaluator: EvaluatorSettings
+    latency: LatencySettings | None = None
+    """Latency measurement (None: only the defaults a ``latency`` objective brings)."""
 
     @property
     def storage(self) -> str:
@@ -110,7 +114,7 @@ class StudyFile:
         return self.study.storage or f"sqlite:///runs/{self.study.name}.db"
 
 
-_SECTIONS = ("study", "model", "data", "baseline", "space", "evaluator")
+_SECTIONS = ("study", "model", "data", "baseline", "space", "evaluator", "latency")
 
 
 _NAMES = {int: "int", float: "number", str: "string", bool: "boolean", type(None): "nothing"}
@@ -236,4 +240,7 @@ def load_study_file(path: str | Path) -> StudyFile:
         baseline=BaselineSection(train=train, cache_dir=cache_dir),
         space=_build(SearchSpace, document.get("space", {}), f"{path}: [space]"),
         evaluator=_build(EvaluatorSettings, document.get("evaluator", {}), f"{path}: [evaluator]"),
+        latency=None
+        if "latency" not in document
+        else _build(LatencySettings, document["latency"], f"{path}: [latency]"),
     )

@@ -138,7 +138,7 @@ def test_an_existing_study_with_other_objectives_is_refused(tiny_task, tmp_path)
             {"objectives": ("accuracy", "flops")},
             "unknown objective 'flops'; available: accuracy, macs, params, latency",
         ),
-        ({"objectives": ("accuracy", "latency")}, "objective 'latency': measured latency is not supported yet"),
+        ({"objectives": ("accuracy", "latency", "latency")}, "at least two distinct objectives"),
         ({"objectives": ("macs", "params")}, "objectives must include 'accuracy'"),
         ({"sampler": "cmaes"}, "unknown sampler 'cmaes'; available: tpe, nsga2, nsga3, random"),
         ({"storage": "nosuchdb://host/x"}, "cannot open storage 'nosuchdb://host/x'"),
