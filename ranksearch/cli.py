@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     pick.add_argument("--trial", type=int, help="trial number")
     pick.add_argument("--max-macs", type=float, metavar="F", help="MACs at most F x dense (e.g. 0.5)")
     pick.add_argument("--max-params", type=float, metavar="F", help="parameters at most F x dense")
+    pick.add_argument("--max-latency", type=float, metavar="F", help="predicted latency at most F x dense")
     pick.add_argument("--min-accuracy", type=float, metavar="A", help="cheapest trial with accuracy >= A")
     pick.add_argument("--max-accuracy-drop", type=float, metavar="D", help="cheapest trial within D of dense")
     pick.add_argument("--knee", action="store_true", help="the knee of the accuracy / cost front")
@@ -177,11 +178,21 @@ def _run_study(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: {search.remaining(budget)} trials left; run the same command again to continue")
         raise
+    if search.evaluator.latency is not None:
+        _time_front(search)
     results = search.results()
     front = results.pareto()
     columns = [
         c
-        for c in (*search.objectives, "accuracy_zero_shot", "accuracy_recalibrated", "params_ratio", "methods")
+        for c in (
+            *search.objectives,
+            "accuracy_zero_shot",
+            "accuracy_recalibrated",
+            "params_ratio",
+            "latency_ms",
+            "latency_measured_ms",
+            "methods",
+        )
         if c in front.columns
     ]
     print(
@@ -198,6 +209,20 @@ def output_folder(storage: str | None, name: str) -> Path:
     if storage and storage.startswith("sqlite:///") and storage[len("sqlite:///") :] not in ("", ":memory:"):
         return Path(storage[len("sqlite:///") :]).parent / name
     return Path("runs") / name
+
+
+def _time_front(search: object) -> None:
+    """Time the whole model of each Pareto config, and say how well the latency table predicted it."""
+    start = time.perf_counter()
+    timed = search.measure_front_latency()
+    check = search.results().latency_check()
+    front = check[check["is_pareto"]]
+    if len(front):
+        error = front["error"].abs().median()
+        print(
+            f"\nlatency: timed {len(timed)} more Pareto configs in {time.perf_counter() - start:.1f} s; predicted vs "
+            f"measured: median |error| {error:.1%} over {len(front)} Pareto configs ({len(check)} timed in all)"
+        )
 
 
 def _write_report(results: StudyResults, folder: Path, **options: object) -> None:
@@ -246,7 +271,11 @@ def _export(args: argparse.Namespace) -> None:
     study_file = load_study_file(args.study_file)
     storage = args.storage or study_file.storage
     results = load_results(storage, study_file.study.name)  # before prepare(): it would create a new study
-    caps = {k: v for k, v in (("macs", args.max_macs), ("params", args.max_params)) if v is not None}
+    caps = {
+        cost: cap
+        for cost, cap in (("macs", args.max_macs), ("params", args.max_params), ("latency", args.max_latency))
+        if cap is not None
+    }
     choice = choose(
         results,
         trial=args.trial,

@@ -142,6 +142,7 @@ def _cards(results: StudyResults) -> str:
         ("Pareto front", f"{len(results.pareto())} configs", f"over {', '.join(results.objectives)}"),
         ("hypervolume", f"{results.hypervolume():.4f}", f"reference point: {reference} (dense cost = 1.0)"),
         ("dense accuracy", f"{dense['accuracy']:.4f}", "on the evaluator's validation batches"),
+        *_latency_cards(results),
         ("dense cost", f"{int(dense['macs']):,} MACs",
          f"{int(dense['params']):,} parameters, input {tuple(dense['input_shape'])}"),
     ]  # fmt: skip
@@ -150,6 +151,21 @@ def _cards(results: StudyResults) -> str:
         f'<span class="muted">{html.escape(s)}</span></div>'
         for t, v, s in cards
     )
+
+
+def _latency_cards(results: StudyResults) -> list[tuple[str, str, str]]:
+    seconds = results.dense.get("latency_seconds")
+    if seconds is None:
+        return []
+    settings = results.settings.get("latency") or {}
+    how = f"batch {settings.get('batch_size')}, {settings.get('dtype')}, {settings.get('context', '')}"
+    cards = [("dense latency", f"{seconds * 1e3:.3f} ms", how)]
+    check = results.latency_check()
+    front = check[check["is_pareto"]]
+    if len(front):
+        error = front["error"].abs().median()
+        cards.append(("latency prediction", f"{error:.1%} median error", f"over {len(front)} timed Pareto configs"))
+    return cards
 
 
 def _export_hint(results: StudyResults, study_file: str | None) -> str:

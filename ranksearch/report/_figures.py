@@ -20,6 +20,7 @@ __all__ = [
     "figures",
     "finetune_effect",
     "hypervolume_figure",
+    "latency_check_figure",
     "layer_heatmap",
     "pareto_3d",
     "pareto_scatter",
@@ -34,6 +35,7 @@ LABELS = {
     "accuracy": "accuracy",
     "macs": "MACs (fraction of dense)",
     "params": "parameters (fraction of dense)",
+    "latency": "latency (fraction of dense, predicted)",
 }
 
 
@@ -223,6 +225,38 @@ def finetune_effect(results: StudyResults, hover: Hover | None = None) -> go.Fig
     return fig
 
 
+def latency_check_figure(results: StudyResults) -> go.Figure:
+    """Predicted (from the latency table) vs measured whole-model latency of the timed trials."""
+    check = results.latency_check()
+    fig = go.Figure()
+    for on_front, name, color in ((False, "sampled trials", "rgba(120,120,120,0.6)"), (True, "Pareto", "#d62728")):
+        part = check[check["is_pareto"] == on_front]
+        fig.add_trace(
+            go.Scatter(
+                x=part["measured_ms"], y=part["predicted_ms"], mode="markers", name=name,
+                marker={"color": color, "size": 8},
+                hovertext=[f"trial {t}: error {e:+.1%}" for t, e in zip(part["trial"], part["error"], strict=True)],
+                hoverinfo="text",
+            )
+        )  # fmt: skip
+    if len(check):
+        low, high = 0.0, float(max(check["measured_ms"].max(), check["predicted_ms"].max())) * 1.05
+        fig.add_trace(
+            go.Scatter(x=[low, high], y=[low, high], mode="lines", name="exact", line={"dash": "dot", "color": "grey"})
+        )
+    front = check[check["is_pareto"]]
+    summary = (
+        f"median |error| {front['error'].abs().median():.1%} over {len(front)} Pareto configs" if len(front) else ""
+    )
+    fig.update_layout(
+        title=f"Latency: predicted vs measured (ms) {summary}",
+        xaxis_title="measured whole-model latency (ms)",
+        yaxis_title="predicted from the latency table (ms)",
+        **LAYOUT,
+    )
+    return fig
+
+
 def figures(results: StudyResults) -> dict[str, go.Figure]:
     """Every figure that applies to the study, by name: ``pareto_<cost>`` per cost, ``pareto_3d`` with two
     costs, ``layers``, ``parallel``, ``hypervolume``, ``finetune``.
@@ -235,4 +269,6 @@ def figures(results: StudyResults) -> dict[str, go.Figure]:
     out["parallel"] = rank_parallel_coordinates(results)
     out["hypervolume"] = hypervolume_figure(results)
     out["finetune"] = finetune_effect(results, hover)
+    if not results.latency_check().empty:
+        out["latency_check"] = latency_check_figure(results)
     return out

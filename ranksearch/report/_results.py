@@ -28,6 +28,7 @@ QUALITY = "accuracy"
 """The one maximized objective; every other objective is a cost."""
 
 MEASUREMENTS = ("accuracy_zero_shot", "accuracy_recalibrated", "accuracy_finetuned")
+LATENCY_COLUMNS = ("latency_ratio", "latency_reduction", "latency_ms", "latency_measured_ms")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ def trials_table(
     (a config measured by an earlier trial, ``duplicate_of`` set) shares its original's flag. Columns
     ``macs_ratio``/``params_ratio`` are fractions of the dense model; ``macs_reduction``/``params_reduction``
     their inverses ("4.0x fewer"); ``macs_count``/``params_count`` absolute MACs (multiply-accumulates,
-    FLOPs = 2 x MACs) and parameters. Rows are in trial order.
+    FLOPs = 2 x MACs) and parameters; with latency settings, ``latency_ms`` (predicted from the latency
+    table), ``latency_ratio``, ``latency_reduction`` and ``latency_measured_ms`` (the whole model timed,
+    on sampled and Pareto trials). Rows are in trial order.
     """
     rows = []
     for record in records:
@@ -93,6 +96,10 @@ def trials_table(
             row[f"{cost}_ratio"] = ratio
             row[f"{cost}_reduction"] = 1 / ratio if ratio else None
             row[f"{cost}_count"] = attrs.get(cost)
+        ratio = attrs.get("latency_ratio")
+        row["latency_ratio"], row["latency_reduction"] = ratio, (1 / ratio if ratio else None)
+        for column, key in (("latency_ms", "latency_seconds"), ("latency_measured_ms", "latency_measured_seconds")):
+            row[column] = None if attrs.get(key) is None else attrs[key] * 1e3
         row["finetune_skipped"] = attrs.get("finetune_skipped")
         row["failure"] = attrs.get("failure")
         row["seconds"] = (attrs.get("seconds") or {}).get("total")
@@ -111,10 +118,12 @@ def trials_table(
     columns = ["trial", *objectives, "state", *MEASUREMENTS]
     for cost in ("macs", "params"):
         columns += [f"{cost}_ratio", f"{cost}_reduction", f"{cost}_count"]
+    columns += list(LATENCY_COLUMNS)
     columns += ["finetune_skipped", "failure", "seconds", "methods", "duplicate_of"]
     columns += [c for layer in layers for c in layer_columns(layer)]
     frame = pd.DataFrame(rows, columns=columns)
-    for column in ("duplicate_of", *MEASUREMENTS, "macs_ratio", "params_ratio", "macs_reduction", "params_reduction"):
+    numeric = ("macs_ratio", "params_ratio", "macs_reduction", "params_reduction", *LATENCY_COLUMNS)
+    for column in ("duplicate_of", *MEASUREMENTS, *numeric):
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     for column in objectives:
@@ -220,6 +229,21 @@ class StudyResults:
         if rows.empty:
             raise RanksearchError(f"study {self.name!r} has no finished trial {trial}")
         return rows.iloc[0]
+
+    def latency_check(self) -> pd.DataFrame:
+        """Trials whose whole model was timed: ``trial``, ``predicted_ms``, ``measured_ms``, ``error``
+        (predicted / measured - 1) and ``is_pareto``; empty without latency measurements."""
+        frame = self.completed()
+        frame = frame[frame["latency_measured_ms"].notna() & frame["latency_ms"].notna()]
+        return pd.DataFrame(
+            {
+                "trial": frame["trial"].to_numpy(),
+                "predicted_ms": frame["latency_ms"].to_numpy(),
+                "measured_ms": frame["latency_measured_ms"].to_numpy(),
+                "error": (frame["latency_ms"] / frame["latency_measured_ms"] - 1).to_numpy(),
+                "is_pareto": frame["is_pareto"].to_numpy(),
+            }
+        )
 
     # --- hypervolume -----------------------------------------------------------------------------
     def reference_point(self) -> dict[str, float]:

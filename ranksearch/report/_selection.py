@@ -25,7 +25,7 @@ from ._results import QUALITY, StudyResults
 
 __all__ = ["Choice", "choose", "knee_point"]
 
-COSTS = ("macs", "params")
+COSTS = ("macs", "params", "latency")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,8 @@ def choose(
             raise RanksearchError(f"unknown cost {cost!r} for a cap; available: {', '.join(COSTS)}")
         cap = _check_fraction(f"max {cost}", cap)
         column = f"{cost}_ratio"
+        if candidates[column].isna().all():
+            raise RanksearchError(f"study {results.name!r} recorded no {cost}: it cannot be capped")
         allowed = candidates[candidates[column] <= cap + 1e-12]
         if allowed.empty:
             cheapest = candidates.loc[candidates[column].idxmin()]
