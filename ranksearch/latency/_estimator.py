@@ -24,8 +24,8 @@ __all__ = ["LatencyEstimator", "layer_inputs", "structure_digest"]
 
 
 def structure_digest(model: nn.Module) -> str:
-    """A digest of a model's structure (module types, parameter and buffer names and shapes), not its values."""
-    parts = [f"{name}:{type(module).__name__}" for name, module in model.named_modules()]
+    """A digest of a model's structure (module types and settings, parameter and buffer shapes), not its values."""
+    parts = [f"{name}:{type(module).__name__}({module.extra_repr()})" for name, module in model.named_modules()]
     parts += [f"{name}:{tuple(t.shape)}" for name, t in model.state_dict().items()]
     return hashlib.blake2b("\n".join(parts).encode(), digest_size=10).hexdigest()
 
@@ -41,6 +41,7 @@ def layer_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tu
                 shapes.setdefault(name, tuple(args[0].shape))
 
             hooks.append(module.register_forward_pre_hook(record))
+    modes = {module: module.training for module in model.modules()}
     try:
         parameter = next(model.parameters(), None)
         kwargs = {} if parameter is None else {"device": parameter.device, "dtype": parameter.dtype}
@@ -49,6 +50,8 @@ def layer_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tu
     finally:
         for hook in hooks:
             hook.remove()
+        for module, training in modes.items():  # the caller's train/eval mode is left as it was
+            module.train(training)
     return shapes
 
 
@@ -101,6 +104,8 @@ class LatencyEstimator:
         """Predicted seconds of ``compressed`` (``apply_resolved(model, resolved)``), measuring unknown layers."""
         total = self.dense_seconds
         for layer in resolved:
+            if layer.name not in self.layer_inputs:  # never runs in a forward pass (an unused head): costs nothing
+                continue
             base, shape = self.layer_key(layer.name, layer.module), self.layer_inputs[layer.name]
             rank = "x".join(map(str, layer.rank)) if isinstance(layer.rank, tuple) else str(layer.rank)
             dense = self._lookup(f"{base} | dense", layer.module, shape)
