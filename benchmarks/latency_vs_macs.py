@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import torch
 from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds over all Pareto configs (median kept)")
     parser.add_argument("--out", help="folder for the studies (default: a temporary folder)")
     args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study instead of one per trial
     batches = [int(b) for b in args.batches.split(",")]
     base = load_study_file(args.study)
     folder = Path(args.out or tempfile.mkdtemp(prefix="latency_vs_macs_"))
