@@ -30,6 +30,7 @@ from .finetune import finetune_epochs
 from .layers import compressible_layers, skipped_layers
 from .models import available_models, build_model
 from .report import StudyResults, choose, write_report
+from .storage import beside_storage
 from .studyfile import load_study_file
 
 __all__ = ["main"]
@@ -206,9 +207,7 @@ def _run_study(args: argparse.Namespace) -> None:
 
 def output_folder(storage: str | None, name: str) -> Path:
     """Default folder of a study's report and exports: ``<SQLite file's folder>/<name>``, else ``runs/<name>``."""
-    if storage and storage.startswith("sqlite:///") and storage[len("sqlite:///") :] not in ("", ":memory:"):
-        return Path(storage[len("sqlite:///") :]).parent / name
-    return Path("runs") / name
+    return beside_storage(storage, name)
 
 
 def _time_front(search: object) -> None:

@@ -33,6 +33,7 @@ from .latency import LatencySettings, LatencyTable
 from .objectives import OBJECTIVES, check_objectives, check_sampler
 from .report import Choice, ReportFiles, StudyResults, TrialRecord, choose, figures, write_report
 from .space import LayerChoices, SearchSpace
+from .storage import beside_storage, sqlite_file
 
 __all__ = ["RankSearch", "load_results", "make_sampler", "param_names", "results_of"]
 
@@ -69,13 +70,12 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``url``; SQLite files get their folder created."""
     if "://" not in url:
         raise RanksearchError(f"storage {url!r} is not a database URL (e.g. sqlite:///runs/study.db)")
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        if str(path) not in ("", ":memory:"):
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise RanksearchError(f"cannot create the folder for storage {url!r}: {error.strerror}") from None
+    path = sqlite_file(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RanksearchError(f"cannot create the folder for storage {url!r}: {error.strerror}") from None
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
@@ -371,9 +371,7 @@ def _objective_value(result: Evaluation, name: str) -> float:
 
 def _default_table(storage: str | None) -> Path | None:
     """``latency-table.json`` beside a SQLite storage file; None (in memory) for other storages."""
-    if storage and storage.startswith("sqlite:///") and storage[len("sqlite:///") :] not in ("", ":memory:"):
-        return Path(storage[len("sqlite:///") :]).parent / "latency-table.json"
-    return None
+    return None if sqlite_file(storage) is None else beside_storage(storage, "latency-table.json")
 
 
 def _jsonable(value: object) -> object:
@@ -425,12 +423,9 @@ def results_of(study: optuna.Study, storage: str | None = None) -> StudyResults:
 
 def load_results(storage: str, study_name: str) -> StudyResults:
     """:func:`results_of` for a study in a storage, without the model or data (what ``ranksearch report`` reads)."""
-    if storage.startswith("sqlite:///"):
-        path = Path(storage[len("sqlite:///") :])
-        if str(path) not in ("", ":memory:") and not path.is_file():
-            raise RanksearchError(
-                f"storage {storage!r}: the file {str(path)!r} does not exist (no study run there yet?)"
-            )
+    path = sqlite_file(storage)
+    if path is not None and not path.is_file():
+        raise RanksearchError(f"storage {storage!r}: the file {str(path)!r} does not exist (no study run there yet?)")
     backend = _open_storage(storage)
     names = optuna.study.get_all_study_names(storage=backend)
     if study_name not in names:

@@ -171,7 +171,7 @@ def _latency_cards(results: StudyResults) -> list[tuple[str, str, str]]:
 def _export_hint(results: StudyResults, study_file: str | None) -> str:
     if results.completed().empty:
         return "<p>No completed trial yet.</p>"
-    source = study_file or f"--storage {results.storage} --study {results.name}"
+    source = study_file or "STUDY.toml"  # export rebuilds the model: it needs the study file
     knee = choose(results, knee=True)
     lines = [
         f"ranksearch export {source} --knee            # {knee.rule}",
@@ -179,8 +179,6 @@ def _export_hint(results: StudyResults, study_file: str | None) -> str:
         f"ranksearch export {source} --max-macs 0.5     # most accurate at <= 50% of the dense MACs",
         f"ranksearch export {source} --min-accuracy {results.dense['accuracy'] - 0.01:.3f}",
     ]
-    if study_file is None:
-        lines = [line.replace("export", "export STUDY.toml", 1).replace(source + " ", "", 1) for line in lines]
     return "<pre>" + html.escape("\n".join(lines)) + "</pre>"
 
 
