@@ -146,6 +146,28 @@ class SearchSpace:
         return params
 
     @staticmethod
+    def snap(layers: Mapping[str, LayerChoices], config: CompressionConfig) -> dict[str, tuple[str, float | None]]:
+        """The grid picks nearest to ``config``: per searched layer its method and the offered fraction whose
+        rank is closest (in log of the rank's product) to the config's; layers the config leaves out, or
+        whose method the layer does not allow, stay dense (or take their first method).
+
+        Baselines produce arbitrary ranks; warm-starting a search needs them on the search's grid.
+        """
+        picks: dict[str, tuple[str, float | None]] = {}
+        for name, layer in layers.items():
+            method, rank = config.get(name, (DENSE, None))
+            if method not in layer.methods:
+                method, rank = (DENSE, None) if DENSE in layer.methods else (layer.methods[0], None)
+            if method == DENSE:
+                picks[name] = (DENSE, None)
+                continue
+            size = math.prod(rank) if isinstance(rank, tuple) else (rank or 1)
+            grid = layer.ranks[method]
+            distance = [abs(math.log(math.prod(r) if isinstance(r, tuple) else r) - math.log(size)) for r in grid]
+            picks[name] = (method, layer.fractions[distance.index(min(distance))])
+        return picks
+
+    @staticmethod
     def to_config(
         layers: Mapping[str, LayerChoices], picks: Mapping[str, tuple[str, float | None]]
     ) -> CompressionConfig:

@@ -97,6 +97,8 @@ class RankSearch:
         sampler: ``"tpe"`` (default), ``"nsga2"``, ``"nsga3"`` or ``"random"``.
         seed: seeds the sampler (the evaluator has its own seed).
         warm_start: kept-rank fractions of the uniform configs enqueued first, after the dense model.
+        warm_start_configs: more configs to try first (e.g. from :mod:`ranksearch.baselines`), each
+            snapped to the nearest ranks on the search grid.
         metric: ``metric(logits, targets) -> float`` replacing top-1 accuracy (higher is better).
         cache: a shared factor cache.
         latency: how to measure latency; default for a ``latency`` objective: float32, batch 1, on the
@@ -119,6 +121,7 @@ class RankSearch:
         sampler: str = "tpe",
         seed: int = 0,
         warm_start: Sequence[float] = WARM_START_FRACTIONS,
+        warm_start_configs: Sequence[CompressionConfig] = (),
         metric: Metric | None = None,
         cache: FactorCache | None = None,
         latency: LatencySettings | None = None,
@@ -142,6 +145,8 @@ class RankSearch:
         self._measured_configs: dict[str, tuple[int, tuple[float, ...], dict[str, object]]] | None = None
         if not self.study.trials:
             self._enqueue_warm_starts(warm_start)
+            for config in warm_start_configs:
+                self.study.enqueue_trial(self._params(self.space.snap(self.layers, config)), skip_if_exists=True)
 
     # --- study identity ----------------------------------------------------------------------
     def _identity(self) -> dict[str, object]:

@@ -1,0 +1,96 @@
+"""The uniform baseline (by kept-rank fraction or by a MACs/params target), snapping a config onto the
+search grid, and baselines as warm-start trials."""
+
+from __future__ import annotations
+
+import pytest
+
+import ranksearch as rs
+from ranksearch.baselines import uniform_config
+from ranksearch.evaluator import EvaluatorSettings
+from ranksearch.models import build_model
+from ranksearch.space import SearchSpace
+from ranksearch.study import RankSearch, param_names
+
+SHAPE = (1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return build_model("resnet20")
+
+
+def test_a_kept_rank_fraction_gives_every_layer_the_same_share(resnet):
+    cfg = uniform_config(resnet, fraction=0.25, method="svd")
+    layers = rs.compressible_layers(resnet)
+    assert set(cfg) == set(layers)
+    for name, (method, rank) in cfg.items():
+        top = layers[name].max_ranks["svd"]
+        assert method == "svd" and rank == max(1, -(-top // 4))  # ceil(top / 4)
+
+
+@pytest.mark.parametrize("method", ["svd", "tucker2"])
+@pytest.mark.parametrize("target", [0.25, 0.5, 0.75])
+def test_a_macs_target_is_met_from_below_and_tightly(resnet, method, target):
+    dense = rs.count(resnet, SHAPE).macs
+    cfg = uniform_config(resnet, cost_fraction=target, input_shape=SHAPE, method=method)
+    share = rs.count(rs.apply(resnet, cfg), SHAPE).macs / dense
+    assert share <= target  # exact count of the applied model
+    assert share > target - 0.08  # tight up to the rank rounding of the smallest layers (stated tolerance)
+
+
+def test_a_params_target(resnet):
+    cfg = uniform_config(resnet, cost_fraction=0.5, cost="params", input_shape=SHAPE)
+    assert rs.count(rs.apply(resnet, cfg), SHAPE).params <= 0.5 * rs.count(resnet, SHAPE).params
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of fraction"),
+        ({"fraction": 0.5, "cost_fraction": 0.5}, "exactly one of fraction"),
+        ({"fraction": 0}, r"fraction must be a number in \(0, 1\]"),
+        ({"fraction": 1.5}, r"fraction must be a number in \(0, 1\]"),
+        ({"cost_fraction": 0.5}, "needs the model's input_shape"),
+        ({"cost_fraction": 0.5, "input_shape": SHAPE, "cost": "flops"}, "cost must be 'macs' or 'params'"),
+        ({"cost_fraction": 0.001, "input_shape": SHAPE}, r"cannot reach macs 0.001 of dense; the least is 0\.\d+"),
+        ({"fraction": 0.5, "method": "svd9"}, "unknown method 'svd9'"),
+        ({"fraction": 0.5, "layers": ["nope"]}, "'nope' is not a compressible layer"),
+        (
+            {"fraction": 0.5, "method": "cp", "layers": ["fc"]},
+            "layer .fc. does not support method .cp.",
+        ),
+    ],
+)
+def test_bad_uniform_requests(resnet, kwargs, message):
+    with pytest.raises(rs.RanksearchError, match=message):
+        uniform_config(resnet, **kwargs)
+
+
+def test_snap_takes_the_nearest_grid_rank_and_keeps_unknown_layers_dense(tiny_task):
+    model = tiny_task[0]
+    space = SearchSpace(methods=("dense", "svd", "tucker2"), rank_fractions=(0.25, 0.5, 1.0))
+    layers = space.layers(model)
+    name = next(iter(layers))
+    grid = layers[name].ranks["tucker2"]
+    config = rs.CompressionConfig({name: ("tucker2", grid[1])})
+    picks = space.snap(layers, config)
+    assert picks[name] == ("tucker2", 0.5)
+    top = layers[name].ranks["svd"][-1]
+    assert space.snap(layers, rs.CompressionConfig({name: ("svd", top)}))[name] == ("svd", 1.0)
+    assert all(picks[n] == ("dense", None) for n in layers if n != name)
+    assert space.snap(layers, rs.CompressionConfig({name: ("cp", 3)}))[name] == ("dense", None)  # cp not allowed
+
+
+def test_baseline_configs_are_enqueued_as_warm_starts(tiny_task):
+    model, train_loader, val_loader = tiny_task
+    space = SearchSpace(methods=("dense", "svd", "tucker2"), rank_fractions=(0.25, 0.5))
+    baseline = uniform_config(model, fraction=0.5, method="svd", layers=list(space.layers(model)))
+    search = RankSearch(
+        model, train_loader, val_loader, storage=None, space=space, warm_start=(),
+        evaluator=EvaluatorSettings(finetune_steps=1, bn_batches=1, eval_batches=1), warm_start_configs=[baseline],
+    )  # fmt: skip
+    search.optimize(2, show_progress=False)
+    second = search.completed_trials()[1]  # after the dense model
+    assert all(second.params[param_names(n)] == "svd" for n in space.layers(model))
+    assert all(second.params[param_names(n, "svd")] == 0.5 for n in space.layers(model))
