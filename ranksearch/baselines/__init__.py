@@ -15,12 +15,19 @@ No Optuna here: ``RankSearch(warm_start_configs=[...])`` enqueues them as first 
 from __future__ import annotations
 
 from ._allocation import Allocation, LayerAllocation, error_balanced_allocation, error_balanced_config
+from ._energy import energy_config, energy_rank
 from ._uniform import uniform_config
+from ._vbmf import vbmf_config, vbmf_rank, weaken_rank
 
 __all__ = [
     "Allocation",
     "LayerAllocation",
+    "energy_config",
+    "energy_rank",
     "error_balanced_allocation",
     "error_balanced_config",
     "uniform_config",
+    "vbmf_config",
+    "vbmf_rank",
+    "weaken_rank",
 ]

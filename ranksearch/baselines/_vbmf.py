@@ -51,9 +51,10 @@ def vbmf_rank(matrix: torch.Tensor, *, weakening: float = 0.0, sigma2: float | N
         weakening: in ``[0, 1]``; 0 is plain EVBMF, 1 the full rank (see :func:`weaken_rank`).
         sigma2: the noise variance of each entry, if known; estimated by EVBMF otherwise.
 
-    Returns 0 when EVBMF sees only noise (an all-zero matrix too) and ``weakening`` is 0: a layer cannot
-    have rank 0, so :func:`vbmf_config` raises such ranks to 1. EVBMF cannot find more than about
-    ``L / (1 + alpha)`` components (the paper's bound on the estimable rank), half the rank of a square matrix.
+    The result can be 0 (EVBMF sees only noise, or the matrix is all zeros, and ``weakening`` is small):
+    a layer cannot have rank 0, so :func:`vbmf_config` raises such ranks to 1. With ``sigma2`` estimated,
+    EVBMF keeps at most ``ceil(L / (1 + alpha)) - 1`` components (the bound behind the paper's ``sigma^2``
+    bracket, ``L = min(m, n)``, ``alpha = L / max(m, n)``): about half the rank of a square matrix.
     """
     weakening = check_unit_interval(weakening, "weakening", include_zero=True)
     if sigma2 is not None and (isinstance(sigma2, bool) or not isinstance(sigma2, Real) or not 0 < sigma2 < math.inf):
@@ -80,6 +81,8 @@ def weaken_rank(rank: int, full_rank: int, weakening: float) -> int:
     at full rank when EVBMF returns 0; here 0 is weakened like any rank.
     """
     weakening = check_unit_interval(weakening, "weakening", include_zero=True)
+    if not 0 <= rank <= full_rank:
+        raise ConfigError(f"rank must be in [0, full_rank={full_rank}], got {rank!r}")
     return min(full_rank, math.floor(rank + weakening * (full_rank - rank) + 1e-9))
 
 
