@@ -36,3 +36,9 @@ def test_the_search_example_runs_on_your_model_and_loaders(tiny_task, tmp_path):
     x = val_loader.dataset[0][0][None] if hasattr(val_loader, "dataset") else next(iter(val_loader))[0][:1]
     with torch.no_grad():
         assert torch.equal(namespace["same"].eval()(x), namespace["small"].eval()(x))
+
+
+def test_the_baselines_example_runs(capsys):
+    block = next(b for b in BLOCKS if "ranksearch.baselines import" in b)
+    exec(compile(block, str(README), "exec"), {})
+    assert 0.45 < float(capsys.readouterr().out.strip()) <= 0.5
