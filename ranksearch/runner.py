@@ -85,6 +85,14 @@ def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None]
     return model
 
 
+def _baseline_warm_starts(model: nn.Module, splits: object, budgets: tuple[float, ...]) -> list:
+    if not budgets:
+        return []
+    from .baselines import baseline_configs
+
+    return [config for _, _, config in baseline_configs(model, (1, *splits.input_shape), budgets)]
+
+
 def prepare_search(
     study_file: StudyFile, *, storage: str | None = None, log: Callable[[str], None] = print
 ) -> RankSearch:
@@ -120,6 +128,7 @@ def prepare(study_file: StudyFile, *, storage: str | None = None, log: Callable[
         sampler=section.sampler,
         seed=section.seed,
         warm_start=section.warm_start,
+        warm_start_configs=_baseline_warm_starts(model, splits, section.warm_start_baselines),
         latency=study_file.latency,
     )
     return PreparedStudy(search, model, train_loader, val_loader, builtin_spec(study_file, splits))

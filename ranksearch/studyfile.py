@@ -1,7 +1,7 @@
 """Study files: a TOML description of a whole rank search, validated key by key.
 
 ```toml
-[study]            # name, storage, objectives, n_trials (total budget), timeout, sampler, seed, warm_start
+[study]            # name, storage, objectives, n_trials, timeout, sampler, seed, warm_start, warm_start_baselines
 [model]            # name (built-in) + options, or path (a torch.save'd nn.Module)
 [data]             # name (built-in dataset) + options, batch_size, eval_batch_size
 [baseline]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, cache_dir
@@ -55,6 +55,9 @@ class StudySection:
         sampler: tpe, nsga2, nsga3 or random.
         seed: sampler seed.
         warm_start: kept-rank fractions of the uniform configs tried first (after the dense model).
+        warm_start_baselines: MACs budgets (fractions of dense) at which the baselines' configs are tried
+            first too (uniform and error-balanced SVD/Tucker-2, and VBMF Tucker-2; see
+            :func:`ranksearch.baselines.baseline_configs`); empty: none.
     """
 
     name: str = ""
@@ -65,6 +68,7 @@ class StudySection:
     sampler: str = "tpe"
     seed: int = 0
     warm_start: tuple[float, ...] = (0.25, 0.5)
+    warm_start_baselines: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

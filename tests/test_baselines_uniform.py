@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import ranksearch as rs
+import ranksearch.baselines
 from ranksearch.baselines import uniform_config
 from ranksearch.evaluator import EvaluatorSettings
 from ranksearch.models import build_model
@@ -94,3 +95,34 @@ def test_baseline_configs_are_enqueued_as_warm_starts(tiny_task):
     second = search.completed_trials()[1]  # after the dense model
     assert all(second.params[param_names(n)] == "svd" for n in space.layers(model))
     assert all(second.params[param_names(n, "svd")] == 0.5 for n in space.layers(model))
+
+
+def test_baseline_configs_meet_their_budgets(resnet):
+    found = rs.baselines.baseline_configs(resnet, SHAPE, (0.25, 0.5))
+    names = [(name, budget) for name, budget, _ in found]
+    assert (
+        ("uniform tucker2", 0.25) in names and ("error-balanced svd", 0.5) in names and ("vbmf tucker2", None) in names
+    )
+    dense = rs.count(resnet, SHAPE).macs
+    for name, budget, config in found:
+        if budget is not None:
+            assert rs.count(rs.apply(resnet, config), SHAPE).macs <= budget * dense, name
+
+
+def test_a_study_file_can_warm_start_with_the_baselines(tmp_path, capsys):
+    from test_run import write_study  # tests/ is on sys.path (pytest's prepend import mode)
+
+    from ranksearch.cli import main
+
+    path = write_study(tmp_path)
+    path.write_text(
+        path.read_text().replace("n_trials = 4", "n_trials = 6\nwarm_start = []\nwarm_start_baselines = [0.5]")
+    )
+    assert main(["run", str(path), "--no-report"]) == 0
+    from ranksearch.study import load_results
+
+    results = load_results(f"sqlite:///{tmp_path}/tiny.db", "tiny")
+    # after the dense model, the first baseline that fits this tiny model: Tucker-2 cannot reach 50% (its Linear
+    # layers hold most MACs), so uniform SVD at 50% of the MACs, snapped to the grid
+    second = results.trials.iloc[1]
+    assert second["methods"] == "svd:5" and second["macs_ratio"] == pytest.approx(0.5, abs=0.05)
