@@ -194,7 +194,7 @@ def _run_study(args: argparse.Namespace) -> None:
             "latency_measured_ms",
             "methods",
         )
-        if c in front.columns
+        if c in front.columns and front[c].notna().any()  # no latency columns for a study without latency
     ]
     print(
         f"\nPareto front ({len(front)} of {len(results.completed())} measured configs; "
