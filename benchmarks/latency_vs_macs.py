@@ -15,6 +15,7 @@ table predicted its Pareto configs.
 
     python benchmarks/latency_vs_macs.py                      # digits CNN, 40 trials per study, batches 1 and 32
     python benchmarks/latency_vs_macs.py --trials 60 --batches 32
+    python benchmarks/latency_vs_macs.py --device cuda --dtype bfloat16 --batches 1,256   # on a GPU
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40, help="budget of every study (default: 40)")
     parser.add_argument("--batches", default="1,32", help="inference batch sizes to compare (default: 1,32)")
     parser.add_argument("--repeats", type=int, default=15, help="timed samples per latency measurement")
+    parser.add_argument("--device", default="cpu", help="where to fine-tune, evaluate and time: cpu or cuda")
+    parser.add_argument("--dtype", default="float32", help="timing dtype (bfloat16/float16 on cuda)")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds over all Pareto configs (median kept)")
     parser.add_argument("--out", help="folder for the studies (default: a temporary folder)")
     args = parser.parse_args()
@@ -75,7 +78,13 @@ def main() -> None:
     base = load_study_file(args.study)
     folder = Path(args.out or tempfile.mkdtemp(prefix="latency_vs_macs_"))
     table = str(folder / "latency-table.json")
-    settings = {b: LatencySettings(batch_size=b, repeats=args.repeats, check_every=0, table=table) for b in batches}
+    base = dataclasses.replace(base, evaluator=dataclasses.replace(base.evaluator, device=args.device))
+    settings = {
+        b: LatencySettings(
+            device=args.device, dtype=args.dtype, batch_size=b, repeats=args.repeats, check_every=0, table=table
+        )
+        for b in batches
+    }
     print(
         f"device: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
         f"Python {platform.python_version()}"
