@@ -177,7 +177,10 @@ def _run_study(args: argparse.Namespace) -> None:
     try:
         search.optimize(todo, timeout=args.timeout if args.timeout is not None else study_file.study.timeout)
     except KeyboardInterrupt:
-        print(f"interrupted: {search.remaining(budget)} trials left; run the same command again to continue")
+        print(f"\ninterrupted: {search.remaining(budget)} trials left; run the same command again to continue")
+        results = search.results()
+        if not args.no_report and not results.completed().empty:  # the report of what is done
+            _write_report(results, output_folder(search.storage_url, results.name), study_file=args.study_file)
         raise
     if search.evaluator.latency is not None:
         _time_front(search)

@@ -152,3 +152,23 @@ def test_report_refuses_an_unknown_image_format(study, tmp_path, capsys):
     path, _ = study
     assert main(["report", str(path), "--out", str(tmp_path), "--images", "gif"]) == 2
     assert "gif" in capsys.readouterr().err
+
+
+def test_ctrl_c_writes_the_report_of_what_is_done_and_exits_130(tmp_path, capsys, monkeypatch):
+    from ranksearch.study import RankSearch
+
+    path = write_study(tmp_path)
+    real = RankSearch.optimize
+
+    def interrupted(self, n_trials=None, **kwargs):
+        real(self, 2, **kwargs)  # two trials finish, then the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RankSearch, "optimize", interrupted)
+    assert main(["run", str(path)]) == 130
+    out = capsys.readouterr().out
+    assert "interrupted: 2 trials left; run the same command again to continue" in out
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert summary["completed"] == 2
+    monkeypatch.setattr(RankSearch, "optimize", real)
+    assert main(["run", str(path)]) == 0 and "2/4 trials done, running 2" in capsys.readouterr().out
