@@ -130,5 +130,6 @@ def prepare(study_file: StudyFile, *, storage: str | None = None, log: Callable[
         warm_start=section.warm_start,
         warm_start_configs=_baseline_warm_starts(model, splits, section.warm_start_baselines),
         latency=study_file.latency,
+        heartbeat=section.heartbeat,
     )
     return PreparedStudy(search, model, train_loader, val_loader, builtin_spec(study_file, splits))

@@ -40,6 +40,7 @@ __all__ = ["RankSearch", "load_results", "make_sampler", "param_names", "results
 STUDY_ATTR = "ranksearch"
 WARM_START_FRACTIONS = (0.25, 0.5)
 WARM_START_METHODS = ("tucker2", "svd")
+HEARTBEAT_SECONDS = 60
 
 
 def param_names(layer: str, method: str | None = None) -> str:
@@ -66,8 +67,12 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage for ``url``; SQLite files get their folder created."""
+def _open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for ``url``; SQLite files get their folder created.
+
+    With ``heartbeat`` (seconds), a running trial records that it is alive that often; a trial silent for
+    twice as long (its worker was killed) is marked failed when a worker next starts a trial.
+    """
     if "://" not in url:
         raise RanksearchError(f"storage {url!r} is not a database URL (e.g. sqlite:///runs/study.db)")
     path = sqlite_file(url)
@@ -77,7 +82,11 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
         except OSError as error:
             raise RanksearchError(f"cannot create the folder for storage {url!r}: {error.strerror}") from None
     try:
-        return optuna.storages.RDBStorage(url)
+        if heartbeat is None:
+            return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():  # heartbeats are marked experimental; they are what crash recovery needs
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
     except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
         raise RanksearchError(f"cannot open storage {url!r}: {type(error).__name__}: {error}") from None
 
@@ -105,6 +114,8 @@ class RankSearch:
             evaluator's device. Given without a latency objective, trials still record their predicted
             latency. The per-layer latency table lives in ``latency.table``, by default
             ``latency-table.json`` beside a SQLite storage (in memory otherwise).
+        heartbeat: seconds between a running trial's "alive" marks in the storage; a trial whose worker
+            was killed is marked failed once it has been silent for twice that (None: never).
     """
 
     def __init__(
@@ -125,7 +136,11 @@ class RankSearch:
         metric: Metric | None = None,
         cache: FactorCache | None = None,
         latency: LatencySettings | None = None,
+        heartbeat: int | None = HEARTBEAT_SECONDS,
     ) -> None:
+        if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1):
+            raise RanksearchError(f"heartbeat must be an int >= 1 (seconds) or None, got {heartbeat!r}")
+        self.heartbeat = heartbeat
         self.objectives = check_objectives(objectives)
         self.space = space or SearchSpace()
         self.layers: dict[str, LayerChoices] = self.space.layers(model)
@@ -172,7 +187,7 @@ class RankSearch:
     def _create_or_load(
         self, storage: str | None, study_name: str, sampler: optuna.samplers.BaseSampler
     ) -> optuna.Study:
-        backend = None if storage is None else _open_storage(storage)
+        backend = None if storage is None else _open_storage(storage, self.heartbeat)
         directions = [OBJECTIVES[o] for o in self.objectives]
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study": we say so ourselves

@@ -58,6 +58,8 @@ class StudySection:
         warm_start_baselines: MACs budgets (fractions of dense) at which the baselines' configs are tried
             first too (uniform and error-balanced SVD/Tucker-2, and VBMF Tucker-2; see
             :func:`ranksearch.baselines.baseline_configs`); empty: none.
+        heartbeat: seconds between a running trial's "alive" marks; a trial of a killed worker is marked
+            failed after twice that.
     """
 
     name: str = ""
@@ -69,6 +71,7 @@ class StudySection:
     seed: int = 0
     warm_start: tuple[float, ...] = (0.25, 0.5)
     warm_start_baselines: tuple[float, ...] = ()
+    heartbeat: int = 60
 
 
 @dataclass(frozen=True)

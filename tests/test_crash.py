@@ -1,0 +1,47 @@
+"""A worker killed with SIGKILL mid-trial: every finished trial survives, and the killed trial is marked
+failed (through the storage heartbeat) when the study resumes, never left running or half-recorded."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from test_run import write_study  # tests/ is on sys.path (pytest's prepend import mode)
+
+from ranksearch.cli import main
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+
+
+def test_a_killed_worker_loses_no_finished_trial_and_its_trial_fails_on_resume(tmp_path, capsys):
+    path = write_study(tmp_path)
+    text = path.read_text().replace("finetune_steps = 2", "finetune_steps = 1500")  # trials of a few seconds
+    path.write_text(text.replace("n_trials = 4", "n_trials = 4\nheartbeat = 1"))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ranksearch.cli", "run", str(path)], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        for line in worker.stdout:  # wait until trial 0 is stored, then kill the worker inside trial 1
+            if line.startswith("[1/4] trial 0:"):
+                break
+        time.sleep(0.5)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+        worker.stdout.close()
+    storage = f"sqlite:///{tmp_path}/tiny.db"
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=storage).trials]
+    assert states[0] == optuna.trial.TrialState.COMPLETE and optuna.trial.TrialState.RUNNING in states
+    time.sleep(2.5)  # silent for longer than the grace period (2 x heartbeat)
+
+    assert main(["run", str(path), "--n-trials", "2", "--no-report"]) == 0
+    assert "1/2 trials done, running 1" in capsys.readouterr().out  # the killed trial is not counted as done
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2 and states[1] == optuna.trial.TrialState.FAIL
+    assert "config" in trials[0].user_attrs and trials[0].values[1] == 1.0  # the finished trial is whole
