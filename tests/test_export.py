@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -348,3 +349,17 @@ def test_missing_factor_shapes_of_a_layer(tmp_path):
     tamper(path, lambda payload: payload["factor_shapes"].clear())
     with pytest.raises(rs.RanksearchError, match="no factor shapes for layer"):
         rs.load(path, base_model=small_cnn())
+
+
+def test_an_interrupted_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    path, small = saved_small_cnn(tmp_path)
+    before = path.read_bytes()
+
+    def broken(payload, target):
+        Path(target).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        rs.save(path, small, rs.CompressionConfig({CONV: ("tucker2", (4, 2)), LINEAR: ("svd", 5)}), small_cnn())
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
