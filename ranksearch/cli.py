@@ -180,11 +180,12 @@ def _run_study(args: argparse.Namespace) -> None:
         print(f"\ninterrupted: {search.remaining(budget)} trials left; run the same command again to continue")
         results = search.results()
         if not args.no_report and not results.completed().empty:  # the report of what is done
-            _write_report(results, output_folder(search.storage_url, results.name), study_file=args.study_file)
+            _write_report(results, beside_storage(search.storage_url, results.name), study_file=args.study_file)
         raise
-    if search.evaluator.latency is not None:
-        _time_front(search)
-    results = search.results()
+    timing = _time_front(search) if search.evaluator.latency is not None else None
+    results = search.results()  # read once, after the front's latencies are stored
+    if timing is not None:
+        _print_latency_check(results, *timing)
     front = results.pareto()
     columns = [
         c
@@ -205,25 +206,25 @@ def _run_study(args: argparse.Namespace) -> None:
     )
     print(front[["trial", *dict.fromkeys(columns)]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if not args.no_report:
-        _write_report(results, output_folder(search.storage_url, results.name), study_file=args.study_file)
+        _write_report(results, beside_storage(search.storage_url, results.name), study_file=args.study_file)
 
 
-def output_folder(storage: str | None, name: str) -> Path:
-    """Default folder of a study's report and exports: ``<SQLite file's folder>/<name>``, else ``runs/<name>``."""
-    return beside_storage(storage, name)
-
-
-def _time_front(search: object) -> None:
-    """Time the whole model of each Pareto config, and say how well the latency table predicted it."""
+def _time_front(search: object) -> tuple[int, float]:
+    """Time the whole model of each Pareto config not timed yet: (how many, seconds)."""
     start = time.perf_counter()
     timed = search.measure_front_latency()
-    check = search.results().latency_check()
+    return len(timed), time.perf_counter() - start
+
+
+def _print_latency_check(results: StudyResults, timed: int, seconds: float) -> None:
+    """How well the latency table predicted the timed Pareto configs."""
+    check = results.latency_check()
     front = check[check["is_pareto"]]
     if len(front):
         error = front["error"].abs().median()
         print(
-            f"\nlatency: timed {len(timed)} more Pareto configs in {time.perf_counter() - start:.1f} s; predicted vs "
-            f"measured: median |error| {error:.1%} over {len(front)} Pareto configs ({len(check)} timed in all)"
+            f"\nlatency: timed {timed} more Pareto configs in {seconds:.1f} s; predicted vs measured: "
+            f"median |error| {error:.1%} over {len(front)} Pareto configs ({len(check)} timed in all)"
         )
 
 
@@ -253,7 +254,7 @@ def _report(args: argparse.Namespace) -> None:
     results = load_results(storage, name)
     if results.trials.empty:
         raise RanksearchError(f"study {name!r} in {storage} has no finished trial yet: run it first")
-    folder = Path(args.out) if args.out else output_folder(storage, name)
+    folder = Path(args.out) if args.out else beside_storage(storage, name)
     if args.screenshot_height is not None and args.screenshot_height < 100:
         raise RanksearchError(f"--screenshot-height must be >= 100 pixels, got {args.screenshot_height}")
     _write_report(
@@ -327,7 +328,7 @@ def _export(args: argparse.Namespace) -> None:
             f"fine-tuned {args.epochs} epochs: accuracy {before:.4f} -> {after:.4f} "
             f"(dense {results.dense['accuracy']:.4f})"
         )
-    folder = Path(args.out) if args.out else output_folder(storage, results.name) / f"trial-{choice.trial}"
+    folder = Path(args.out) if args.out else beside_storage(storage, results.name) / f"trial-{choice.trial}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
