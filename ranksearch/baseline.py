@@ -53,8 +53,13 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RanksearchError(f"baseline setting {name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise RanksearchError(f"baseline setting lr must be a number > 0, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise RanksearchError(f"baseline setting lr must be a finite number > 0, got {self.lr!r}")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0 <= wd < math.inf:
+            raise RanksearchError(f"baseline setting weight_decay must be a finite number >= 0, got {wd!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise RanksearchError(f"baseline setting seed must be an int, got {self.seed!r}")
 
 
 def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
@@ -80,6 +85,11 @@ def train(
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator, drop_last=True)
+    if len(loader) == 0:
+        raise RanksearchError(
+            f"baseline setting batch_size {settings.batch_size} is larger than the training set "
+            f"({len(train_set)} images): lower it"
+        )
     model.to(device).train()
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay, nesterov=True
@@ -92,7 +102,7 @@ def train(
             warmup = min(1.0, (step + 1) / max(1, total // 10))
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * warmup * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
+            loss = _loss(model, inputs.to(device), targets.to(device))
             if not torch.isfinite(loss):
                 raise RanksearchError(f"baseline training diverged (loss {loss.item()}) at step {step}: lower the lr")
             optimizer.zero_grad(set_to_none=True)
@@ -106,6 +116,25 @@ def train(
             mean_loss = loss_sum / len(loader)
             log(f"  epoch {epoch + 1}/{settings.epochs}: loss {mean_loss:.4f} ({elapsed:.0f} s, ETA {eta:.0f} s)")
     return model.eval()
+
+
+def _loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of one training batch; a model that does not fit the data is a :class:`RanksearchError`."""
+    try:
+        logits = model(inputs)
+    except Exception as error:
+        raise RanksearchError(
+            f"the model's forward pass fails on a training batch of shape {tuple(inputs.shape)}: {error}"
+        ) from error
+    if logits.ndim != 2:
+        raise RanksearchError(f"the model must output (batch, classes) logits, got shape {tuple(logits.shape)}")
+    classes = logits.shape[1]
+    if not targets.is_floating_point() and (targets.min() < 0 or targets.max() >= classes):  # float: soft labels
+        raise RanksearchError(
+            f"training labels must be class indices in [0, {classes}) for a model with {classes} outputs, "
+            f"got values in [{targets.min().item()}, {targets.max().item()}]"
+        )
+    return F.cross_entropy(logits, targets)
 
 
 def _key(identity: dict) -> str:
@@ -142,6 +171,12 @@ def load_or_train(
     """
     full_identity = {**identity, "train": asdict(settings)}
     path = Path(cache_dir) / f"{identity.get('model', 'model')}-{_key(full_identity)}.pt"
+    try:  # before training: a cache that cannot be written is an error now, not after the training
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RanksearchError(
+            f"cannot create the baseline cache folder {str(path.parent)!r}: {error.strerror}"
+        ) from None
     if path.exists():
         try:
             stored = torch.load(path, map_location=device, weights_only=True)

@@ -177,7 +177,10 @@ class CompressionConfig(Mapping[str, Entry]):
 
     def save(self, path: str | Path) -> None:
         """Write the JSON form to ``path``."""
-        Path(path).write_text(self.to_json() + "\n")
+        try:
+            Path(path).write_text(self.to_json() + "\n")
+        except OSError as error:
+            raise ConfigError(f"cannot write compression config {str(path)!r}: {error.strerror}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> CompressionConfig:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import os
 import pickle
 import zlib
 from collections.abc import Callable
@@ -73,14 +74,25 @@ class DataSplits:
     source: str
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_image_size(image_size: int) -> None:
-    if not isinstance(image_size, int) or image_size < 8:
+    if not _is_int(image_size) or image_size < 8:
         raise RanksearchError(f"image_size must be an integer >= 8, got {image_size!r}")
 
 
 def _check_limit(name: str, limit: int | None) -> None:
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not _is_int(limit) or limit < 1):
         raise RanksearchError(f"{name} must be None or an integer >= 1, got {limit!r}")
+
+
+def _check_seed_and_normalize(seed: int, normalize: bool) -> None:
+    if not _is_int(seed) or seed < 0:
+        raise RanksearchError(f"seed must be an integer >= 0, got {seed!r}")
+    if not isinstance(normalize, bool):
+        raise RanksearchError(f"normalize must be true or false, got {normalize!r}")
 
 
 def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -121,6 +133,9 @@ def _build(
 ) -> DataSplits:
     """Normalize both splits in place with the train split's per-channel statistics and pack them."""
     (x_train, y_train), (x_val, y_val) = train, val
+    for split, labels in (("training", y_train), ("validation", y_val)):
+        if len(labels) == 0:
+            raise RanksearchError(f"{name}: the {split} split is empty (no images in {source})")
     channels = x_train.shape[1]
     mean, std = torch.zeros(channels), torch.ones(channels)
     if normalize:  # two passes, in place; float64 sums over chunks (accurate, no full-size temporary)
@@ -150,7 +165,8 @@ def digits(image_size: int = 32, val_fraction: float = 0.2, seed: int = 0, norma
     The val split takes ``round(1797 * val_fraction)`` images, stratified by class and drawn with ``seed``.
     """
     _check_image_size(image_size)
-    if not 0 < val_fraction < 1:
+    _check_seed_and_normalize(seed, normalize)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise RanksearchError(f"val_fraction must be strictly between 0 and 1, got {val_fraction!r}")
     try:
         from sklearn.datasets import load_digits
@@ -168,6 +184,8 @@ def digits(image_size: int = 32, val_fraction: float = 0.2, seed: int = 0, norma
 
 
 def _check_folder(root: str | Path, what: str, hint: str) -> Path:
+    if not isinstance(root, (str, os.PathLike)):
+        raise RanksearchError(f"{what} root must be a folder path, got {root!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         problem = "is not a folder" if root.exists() else "does not exist"
@@ -240,6 +258,7 @@ def fashion_mnist(
     _check_image_size(image_size)
     _check_limit("limit_train", limit_train)
     _check_limit("limit_val", limit_val)
+    _check_seed_and_normalize(seed, normalize)
     hint = "install it with `apt-get install dataset-fashion-mnist` or pass root= a folder holding the IDX files"
     root = _check_folder(root, "Fashion-MNIST", hint)
     splits = []
@@ -291,6 +310,7 @@ def cifar10(
     """
     _check_limit("limit_train", limit_train)
     _check_limit("limit_val", limit_val)
+    _check_seed_and_normalize(seed, normalize)
     hint = "extract cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) there or pass root="
     root = _check_folder(root, "CIFAR-10", hint)
     if (root / "cifar-10-batches-py").is_dir():

@@ -254,6 +254,12 @@ class Evaluator:
         return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
 
     def _check_model_on_data(self) -> None:
+        for name, parameter in self.model.named_parameters():  # NaN/inf weights: every trial would fail
+            if parameter.is_floating_point() and not torch.isfinite(parameter).all():
+                raise RanksearchError(f"the model's parameter {name!r} has non-finite values (NaN or inf)")
+        for what, batches in (("validation", self.val_batches), ("training", self.train_batches)):
+            if any(not torch.isfinite(x).all() for x, _ in batches if x.is_floating_point()):
+                raise RanksearchError(f"the {what} data contains NaN or infinite values")
         inputs = self.val_batches[0][0]
         try:
             with torch.no_grad():
@@ -262,6 +268,11 @@ class Evaluator:
             raise RanksearchError(
                 f"the model's forward pass fails on a validation batch of shape {tuple(inputs.shape)}: {error}"
             ) from error
+        if torch.is_tensor(logits) and logits.is_floating_point() and logits.isnan().any():
+            raise RanksearchError(
+                f"the model's output on a validation batch of shape {tuple(inputs.shape)} contains NaN values "
+                "(its weights and the data are finite: check its buffers, e.g. BatchNorm statistics, and its forward)"
+            )
         if self.metric is _accuracy:
             if logits.ndim != 2:
                 raise RanksearchError(f"the model must output (batch, classes) logits, got shape {tuple(logits.shape)}")
@@ -272,9 +283,6 @@ class Evaluator:
                         f"{what} labels must be integer class indices in [0, {logits.shape[1]}) for a model with "
                         f"{logits.shape[1]} outputs, got values in [{labels.min().item()}, {labels.max().item()}]"
                     )
-        for what, batches in (("validation", self.val_batches), ("training", self.train_batches)):
-            if any(not torch.isfinite(x).all() for x, _ in batches if x.is_floating_point()):
-                raise RanksearchError(f"the {what} data contains NaN or infinite values")
 
     # --- measurements -------------------------------------------------------------------------
     def measure(self, model: nn.Module) -> float:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -127,6 +128,10 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+_SIZES = ("in_channels", "num_classes", "width")
+"""The models' size options: each a positive int (torch would fail on zero or negative sizes, or warn)."""
+
+
 def available_models() -> tuple[str, ...]:
     """Names accepted by :func:`build_model`."""
     return tuple(_MODELS)
@@ -138,4 +143,9 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
         factory = _MODELS[name]
     except KeyError:
         raise RanksearchError(f"unknown model {name!r}; built-in models: {', '.join(_MODELS)}") from None
+    accepted = inspect.signature(factory).parameters
+    for key in (k for k in _SIZES if k in kwargs and k in accepted):  # unknown options: the factory's TypeError
+        value = kwargs[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RanksearchError(f"model {name!r}: {key} must be an int >= 1, got {value!r}")
     return factory(**kwargs)

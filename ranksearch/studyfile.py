@@ -197,13 +197,33 @@ def _build(cls: type, table: object, where: str) -> object:
         raise RanksearchError(f"{where}: {error}") from None
 
 
+def _check_study_section(study: StudySection, path: Path) -> None:
+    """Budgets, seed and warm starts of ``[study]`` (the types are already checked)."""
+    if study.n_trials < 1:
+        raise RanksearchError(f"{path}: [study] n_trials must be >= 1, got {study.n_trials}")
+    if study.timeout is not None and not study.timeout > 0:  # NaN too
+        raise RanksearchError(f"{path}: [study] timeout must be > 0 seconds, got {study.timeout}")
+    if study.heartbeat < 1:
+        raise RanksearchError(f"{path}: [study] heartbeat must be an int >= 1 (seconds), got {study.heartbeat}")
+    if not 0 <= study.seed < 2**32:  # what the samplers (numpy) accept
+        raise RanksearchError(f"{path}: [study] seed must be an int in [0, 2**32), got {study.seed}")
+    for key, what in (("warm_start", "fractions"), ("warm_start_baselines", "budgets")):
+        for value in getattr(study, key):
+            if not 0 < value <= 1:
+                raise RanksearchError(f"{path}: [study] {key} {what} must be numbers in (0, 1], got {value}")
+
+
 def load_study_file(path: str | Path) -> StudyFile:
     """Read and validate a study file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise RanksearchError(f"cannot read study file {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise RanksearchError(
+            f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x})"
+        ) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -221,10 +241,7 @@ def load_study_file(path: str | Path) -> StudyFile:
         check_sampler(study.sampler)
     except RanksearchError as error:
         raise RanksearchError(f"{path}: [study] {error}") from None
-    if study.n_trials < 1:
-        raise RanksearchError(f"{path}: [study] n_trials must be >= 1, got {study.n_trials}")
-    if study.timeout is not None and study.timeout <= 0:
-        raise RanksearchError(f"{path}: [study] timeout must be > 0 seconds, got {study.timeout}")
+    _check_study_section(study, path)
     model = _build(ModelSection, document.get("model", {}), f"{path}: [model]")
     if (model.name is None) == (model.path is None):
         raise RanksearchError(f"{path}: [model] needs exactly one of 'name' (a built-in model) or 'path'")

@@ -96,17 +96,28 @@ def write_report(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RanksearchError(f"cannot create the report folder {str(folder)!r}: {error.strerror}") from None
-    figs = make_figures(results)
-    tables, notes = _write_tables(results, folder)
-    html_path = write_dashboard(results, figs, folder / "report.html", study_file=study_file)
-    files = ReportFiles(folder, html_path, tables, notes=notes)
-    if images:
-        from ..images import StaticExportUnavailable, write_images
-
+    if screenshot is not None:  # before the report is written: a bad path fails early, not after Chromium
+        screenshot = Path(screenshot)
         try:
-            files.images = write_images(figs, folder / "figures", formats=tuple(images))
-        except StaticExportUnavailable as error:
-            files.notes.append(f"no static images: {error}")
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RanksearchError(f"cannot write the screenshot {str(screenshot)!r}: {error.strerror}") from None
+    figs = make_figures(results)
+    try:
+        tables, notes = _write_tables(results, folder)
+        html_path = write_dashboard(results, figs, folder / "report.html", study_file=study_file)
+        files = ReportFiles(folder, html_path, tables, notes=notes)
+        if images:
+            from ..images import StaticExportUnavailable, write_images
+
+            try:
+                files.images = write_images(figs, folder / "figures", formats=tuple(images))
+            except StaticExportUnavailable as error:
+                files.notes.append(f"no static images: {error}")
+    except OSError as error:  # a read-only folder, a folder where a file must go, a full disk
+        raise RanksearchError(
+            f"cannot write the report into {str(folder)!r}: {error.filename or ''}: {error.strerror}"
+        ) from None
     if screenshot is not None:
         from ..browser import BrowserUnavailable, render_page
 
@@ -120,8 +131,10 @@ def write_report(
         else:
             if page.errors:
                 files.notes.append(f"the dashboard logged JavaScript errors: {'; '.join(page.errors)}")
-            files.screenshot = Path(screenshot)
-            files.screenshot.parent.mkdir(parents=True, exist_ok=True)
-            files.screenshot.write_bytes(page.screenshot)
+            try:
+                screenshot.write_bytes(page.screenshot)
+            except OSError as error:
+                raise RanksearchError(f"cannot write the screenshot {str(screenshot)!r}: {error.strerror}") from None
+            files.screenshot = screenshot
     files.seconds = time.perf_counter() - start
     return files
