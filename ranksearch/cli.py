@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -71,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Optuna storage URL (default: the file's, or sqlite:///runs/<name>.db)")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the study on this machine (default: 1)"
+    )
+    run.add_argument("--seed", type=int, help="sampler seed (default: the file's; give each machine its own)")
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: this process is worker K
 
     report = commands.add_parser("report", help="write a study's tables, figures and HTML dashboard")
     report.add_argument("study_file", nargs="?", help="a study file (or give --storage and --study)")
@@ -166,16 +174,28 @@ def _run_study(args: argparse.Namespace) -> None:
     budget = study_file.study.n_trials if args.n_trials is None else args.n_trials
     if budget < 1:
         raise RanksearchError(f"--n-trials must be >= 1, got {budget}")
-    search = prepare_search(study_file, storage=args.storage)
+    if args.workers < 1:
+        raise RanksearchError(f"--workers must be >= 1, got {args.workers}")
+    timeout = args.timeout if args.timeout is not None else study_file.study.timeout
+    if args.worker is not None:
+        _run_worker(args, study_file, budget, timeout)
+        return
+    search = prepare_search(study_file, storage=args.storage, sampler_seed=args.seed)
+    if args.workers > 1:
+        _check_local_workers(search, args.workers)
     dense = search.evaluator.dense
     todo = search.remaining(budget)
     print(
         f"study {study_file.study.name!r} in {search.storage_url}: {len(search.layers)} layers searched, "
         f"dense accuracy {dense.accuracy:.4f}, {dense.macs:,} MACs, {dense.params:,} params; "
         f"{budget - todo}/{budget} trials done, running {todo}"
+        + (f" on {args.workers} workers" if args.workers > 1 and todo else "")
     )
     try:
-        search.optimize(todo, timeout=args.timeout if args.timeout is not None else study_file.study.timeout)
+        if args.workers > 1 and todo:
+            _run_workers(args, search.storage_url, budget, timeout)
+        else:
+            search.optimize(budget=budget, timeout=timeout)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {search.remaining(budget)} trials left; run the same command again to continue")
         results = search.results()
@@ -207,6 +227,53 @@ def _run_study(args: argparse.Namespace) -> None:
     print(front[["trial", *dict.fromkeys(columns)]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if not args.no_report:
         _write_report(results, beside_storage(search.storage_url, results.name), study_file=args.study_file)
+
+
+def _check_local_workers(search: object, workers: int) -> None:
+    """Several workers on one machine must not time latency: they would disturb each other's timings."""
+    if search.evaluator.latency is not None:
+        raise RanksearchError(
+            f"--workers {workers}: this study measures latency, and workers on one machine would disturb each "
+            "other's timings; run it with one worker per machine"
+        )
+
+
+def _run_workers(args: argparse.Namespace, storage: str, budget: int, timeout: float | None) -> None:
+    """Start ``args.workers`` processes on the prepared study and wait for them (the budget is shared exactly)."""
+    command = [sys.executable, "-m", "ranksearch.cli", "run", args.study_file, "--storage", storage]
+    command += ["--n-trials", str(budget), "--workers", str(args.workers)]
+    if args.seed is not None:
+        command += ["--seed", str(args.seed)]
+    if timeout is not None:
+        command += ["--timeout", str(timeout)]
+    workers = [subprocess.Popen([*command, "--worker", str(k)]) for k in range(1, args.workers + 1)]
+    try:
+        statuses = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too: each stops its trial and exits
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        raise
+    if 130 in statuses or -signal.SIGINT in statuses:
+        raise KeyboardInterrupt
+    failed = [f"worker {k} exited with status {status}" for k, status in enumerate(statuses, 1) if status != 0]
+    if failed:
+        raise RanksearchError("; ".join(failed) + " (its messages are above); run the same command again to continue")
+
+
+def _run_worker(args: argparse.Namespace, study_file: object, budget: int, timeout: float | None) -> None:
+    """Worker K of ``--workers N``: its own sampler seed (the seed + K), its share of the CPU threads."""
+    import torch
+
+    from .runner import prepare_search
+
+    if study_file.evaluator.threads is None:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
+    seed = (study_file.study.seed if args.seed is None else args.seed) + args.worker
+    search = prepare_search(study_file, storage=args.storage, sampler_seed=seed, log=lambda _: None)
+    search.optimize(budget=budget, timeout=timeout, label=f"worker {args.worker}")
 
 
 def _time_front(search: object) -> tuple[int, float]:

@@ -45,6 +45,11 @@ def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None]
     section = study_file.model
     if section.path is not None:
         path = Path(section.path)
+        if path.is_dir():
+            raise RanksearchError(
+                f"{study_file.path}: [model] path {str(path)!r} is a folder, not a saved model "
+                "(give the file torch.save(model, path) wrote)"
+            )
         if not path.is_file():
             raise RanksearchError(f"{study_file.path}: [model] path {str(path)!r} does not exist")
         try:  # a full pickled module: only load files you trust
@@ -94,13 +99,27 @@ def _baseline_warm_starts(model: nn.Module, splits: object, budgets: tuple[float
 
 
 def prepare_search(
-    study_file: StudyFile, *, storage: str | None = None, log: Callable[[str], None] = print
+    study_file: StudyFile,
+    *,
+    storage: str | None = None,
+    sampler_seed: int | None = None,
+    log: Callable[[str], None] = print,
 ) -> RankSearch:
-    """Load data and model and open (or resume) the study the file describes."""
-    return prepare(study_file, storage=storage, log=log).search
+    """Load data and model and open (or resume) the study the file describes.
+
+    ``sampler_seed`` replaces the file's seed for the sampler only (each parallel worker has its own);
+    the data order, and with it every trial's fine-tune, stays the file's.
+    """
+    return prepare(study_file, storage=storage, sampler_seed=sampler_seed, log=log).search
 
 
-def prepare(study_file: StudyFile, *, storage: str | None = None, log: Callable[[str], None] = print) -> PreparedStudy:
+def prepare(
+    study_file: StudyFile,
+    *,
+    storage: str | None = None,
+    sampler_seed: int | None = None,
+    log: Callable[[str], None] = print,
+) -> PreparedStudy:
     """:func:`prepare_search`, also returning the loaders and model (for exports and longer fine-tunes)."""
     if study_file.evaluator.threads is not None:  # before the baseline trains
         torch.set_num_threads(study_file.evaluator.threads)
@@ -126,7 +145,7 @@ def prepare(study_file: StudyFile, *, storage: str | None = None, log: Callable[
         space=study_file.space,
         evaluator=study_file.evaluator,
         sampler=section.sampler,
-        seed=section.seed,
+        seed=section.seed if sampler_seed is None else sampler_seed,
         warm_start=section.warm_start,
         warm_start_configs=_baseline_warm_starts(model, splits, section.warm_start_baselines),
         latency=study_file.latency,

@@ -22,6 +22,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
+import sqlalchemy
 from torch import nn
 
 from .apply import apply_resolved
@@ -33,14 +34,16 @@ from .latency import LatencySettings, LatencyTable
 from .objectives import OBJECTIVES, check_objectives, check_sampler
 from .report import Choice, ReportFiles, StudyResults, TrialRecord, choose, figures, write_report
 from .space import LayerChoices, SearchSpace
-from .storage import beside_storage, sqlite_file
+from .storage import beside_storage, journal_file, storage_file
 
-__all__ = ["RankSearch", "load_results", "make_sampler", "param_names", "results_of"]
+__all__ = ["RankSearch", "load_results", "make_sampler", "open_storage", "param_names", "results_of"]
 
 STUDY_ATTR = "ranksearch"
 WARM_START_FRACTIONS = (0.25, 0.5)
 WARM_START_METHODS = ("tucker2", "svd")
 HEARTBEAT_SECONDS = 60
+SQLITE_BUSY_SECONDS = 60
+COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState[state] for state in ("COMPLETE", "FAIL", "RUNNING"))
 
 
 def param_names(layer: str, method: str | None = None) -> str:
@@ -67,28 +70,69 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage for ``url``; SQLite files get their folder created.
+def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``: a journal file, or an RDB storage (SQLite, PostgreSQL, MySQL...).
+
+    File storages get their folder created. SQLite waits up to ``SQLITE_BUSY_SECONDS`` for a lock instead
+    of failing at once, so several worker processes can share one file (``ranksearch run --workers N``).
 
     With ``heartbeat`` (seconds), a running trial records that it is alive that often; a trial silent for
-    twice as long (its worker was killed) is marked failed when a worker next starts a trial.
+    twice as long (its worker was killed) is marked failed when a worker next starts a trial. Journal
+    files have no heartbeat: a killed worker's trial stays "running" there (it counts against the budget).
     """
     if "://" not in url:
-        raise RanksearchError(f"storage {url!r} is not a database URL (e.g. sqlite:///runs/study.db)")
-    path = sqlite_file(url)
+        raise RanksearchError(
+            f"storage {url!r} is not a storage URL (e.g. sqlite:///runs/study.db, journal:///runs/study.log, "
+            "postgresql://user:password@host/database)"
+        )
+    if url.startswith("sqlite:") and storage_file(url) is None:
+        raise RanksearchError(
+            f"storage {url!r} is in memory: a study there is lost when the run ends and cannot be reported; "
+            "give a file, e.g. sqlite:///runs/study.db (in Python, storage=None keeps a study in memory)"
+        )
+    path = storage_file(url)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RanksearchError(f"cannot create the folder for storage {url!r}: {error.strerror}") from None
+    if journal_file(url) is not None:
+        try:
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        except OSError as error:
+            raise RanksearchError(f"cannot open storage {url!r}: {error.strerror}") from None
+    if url.startswith("journal:"):
+        raise RanksearchError(f"storage {url!r}: a journal URL names a file, e.g. journal:///runs/study.log")
+    engine = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if url.startswith("sqlite:") else None
+    beat = {} if heartbeat is None else {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat}
     try:
-        if heartbeat is None:
-            return optuna.storages.RDBStorage(url)
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what crash recovery needs
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+    except ImportError as error:  # no driver for this database
+        raise RanksearchError(
+            f"cannot open storage {url!r}: {error} (PostgreSQL: pip install 'ranksearch[postgres]' and use "
+            "postgresql+psycopg://...)"
+        ) from None
     except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
         raise RanksearchError(f"cannot open storage {url!r}: {type(error).__name__}: {error}") from None
+    if path is not None:
+        _write_ahead_log(storage.engine)
+    return storage
+
+
+def _write_ahead_log(engine: sqlalchemy.engine.Engine) -> None:
+    """Put a SQLite study in WAL mode with ``synchronous=NORMAL``: a commit no longer waits for the disk
+    (4x cheaper writes measured, ``benchmarks/workers.py``), readers do not block the writer, and a killed
+    process still loses nothing committed. WAL needs all workers on one machine (not a network file system).
+    """
+    sqlalchemy.event.listen(engine, "connect", lambda connection, _: connection.execute("PRAGMA synchronous=NORMAL"))
+    engine.dispose()  # connections opened before the listener reconnect with it
+    try:
+        with engine.connect() as connection:  # the mode is kept in the file: once per database is enough
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    except sqlalchemy.exc.OperationalError as error:  # e.g. locked for longer than the busy timeout
+        warnings.warn(f"SQLite study left in its journal mode: {error}", stacklevel=3)
 
 
 class RankSearch:
@@ -158,6 +202,7 @@ class RankSearch:
         )
         self.study = self._create_or_load(storage, study_name, sampler_obj)
         self._measured_configs: dict[str, tuple[int, tuple[float, ...], dict[str, object]]] | None = None
+        self._budget: int | None = None
         if not self.study.trials:
             self._enqueue_warm_starts(warm_start)
             for config in warm_start_configs:
@@ -187,7 +232,7 @@ class RankSearch:
     def _create_or_load(
         self, storage: str | None, study_name: str, sampler: optuna.samplers.BaseSampler
     ) -> optuna.Study:
-        backend = None if storage is None else _open_storage(storage, self.heartbeat)
+        backend = None if storage is None else open_storage(storage, self.heartbeat)
         directions = [OBJECTIVES[o] for o in self.objectives]
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study": we say so ourselves
@@ -251,6 +296,7 @@ class RankSearch:
         return self.space.to_config(self.layers, picks)
 
     def _objective(self, trial: optuna.Trial) -> tuple[float, ...]:
+        self._claim_slot(trial)
         config = self.suggest(trial)
         key = config.to_json(indent=None)
         earlier = self._measured().get(key)
@@ -262,7 +308,11 @@ class RankSearch:
             return values
         check = self.latency_settings is not None and self.latency_settings.check_every > 0
         measure = check and trial.number % self.latency_settings.check_every == 0
-        result = self.evaluator.evaluate(config, measure_latency=measure)
+        try:
+            result = self.evaluator.evaluate(config, measure_latency=measure)
+        except KeyboardInterrupt:  # Optuna marks the trial failed; say why, so that it is run again
+            trial.set_user_attr("interrupted", True)
+            raise
         attrs = {name: _jsonable(value) for name, value in result.attributes().items()}
         for name, value in attrs.items():
             trial.set_user_attr(name, value)
@@ -291,17 +341,31 @@ class RankSearch:
         n_trials: int | None = None,
         timeout: float | None = None,
         *,
+        budget: int | None = None,
         show_progress: bool = True,
         callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+        label: str = "",
     ) -> None:
-        """Run ``n_trials`` more trials (or until ``timeout`` seconds); failed trials are recorded and skipped."""
-        if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0):
-            raise RanksearchError(f"n_trials must be an int >= 0, got {n_trials!r}")
+        """Run trials until ``n_trials`` more have run, ``timeout`` seconds have passed, or the study holds
+        ``budget`` trials; failed trials are recorded and skipped.
+
+        ``budget`` is the study's total (finished, failed and running trials, any worker's), shared by every
+        process that runs the same study with the same budget: the total comes out exact. A worker that
+        loses the race for the last slot marks its new trial pruned (user attribute ``over_budget``) before
+        evaluating anything, and stops. ``label`` prefixes the progress lines (e.g. ``"worker 2"``).
+        """
+        for name, value in (("n_trials", n_trials), ("budget", budget)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise RanksearchError(f"{name} must be an int >= 0, got {value!r}")
         if timeout is not None and not timeout > 0:
             raise RanksearchError(f"timeout must be > 0 seconds, got {timeout!r}")
-        if n_trials == 0:
+        if budget is not None:
+            _fail_stale_trials(self.study)  # a killed worker's trial would hold a slot of the budget
+        if n_trials == 0 or (budget is not None and self._live_trials() >= budget):
             return
-        progress = [_Progress(self, n_trials)] if show_progress else []
+        self._budget = budget
+        progress = [_Progress(self, n_trials, budget, label)] if show_progress else []
+        stop = [self._stop_at_budget] if budget is not None else []
         verbosity = optuna.logging.get_verbosity()
         if show_progress:  # our progress line replaces Optuna's per-trial log lines (failures included)
             optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -311,15 +375,36 @@ class RankSearch:
                 n_trials=n_trials,
                 timeout=timeout,
                 catch=(TrialFailed,),
-                callbacks=[*progress, *callbacks],
+                callbacks=[*stop, *progress, *callbacks],
             )
         finally:
             optuna.logging.set_verbosity(verbosity)
+            self._budget = None
+
+    def _live_trials(self) -> int:
+        """Trials that count against a budget: finished trials, failed evaluations and running trials."""
+        return sum(map(_has_result, self.study.get_trials(deepcopy=False, states=(COMPLETE, FAIL, RUNNING))))
+
+    def _stop_at_budget(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self._budget is not None and self._live_trials() >= self._budget:
+            study.stop()
+
+    def _claim_slot(self, trial: optuna.Trial) -> None:
+        """Prune ``trial`` if the budget was spent by trials created before it (another worker won the race)."""
+        if self._budget is None:
+            return
+        mine = (trial.number, trial._trial_id)
+        trials = self.study.get_trials(deepcopy=False, states=(COMPLETE, FAIL, RUNNING))
+        earlier = sum(_has_result(t) and (t.number, t._trial_id) < mine for t in trials)
+        if earlier >= self._budget:
+            trial.set_user_attr("over_budget", True)
+            self.study.stop()
+            raise optuna.TrialPruned(f"the budget of {self._budget} trials is spent")
 
     def remaining(self, budget: int) -> int:
-        """Trials still to run for a total ``budget``: finished and failed trials count, queued ones do not."""
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-        return max(0, budget - len(self.study.get_trials(deepcopy=False, states=states)))
+        """Trials still to run for a total ``budget``: finished trials and failed evaluations count; queued,
+        running, interrupted and killed ones do not (an interrupted trial is run again)."""
+        return max(0, budget - sum(map(_has_result, self.study.get_trials(deepcopy=False, states=(COMPLETE, FAIL)))))
 
     # --- results ------------------------------------------------------------------------------
     def completed_trials(self) -> list[optuna.trial.FrozenTrial]:
@@ -380,6 +465,22 @@ class RankSearch:
         return CompressionConfig.from_dict(trials[trial_number].user_attrs["config"])
 
 
+def _has_result(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial uses up budget: it is running, finished, or failed with a reason (a failed evaluation).
+
+    A trial whose worker was interrupted (Ctrl-C) or killed also ends "failed", but without a reason: it
+    does not count, and the study runs another in its place.
+    """
+    return trial.state != FAIL or "failure" in trial.user_attrs
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Mark failed the running trials whose heartbeat stopped (no-op for storages without heartbeats)."""
+    with warnings.catch_warnings():  # experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 class TrialFailed(Exception):
     """A trial whose evaluation failed (the reason is in its ``failure`` user attribute)."""
 
@@ -391,7 +492,7 @@ def _objective_value(result: Evaluation, name: str) -> float:
 
 def _default_table(storage: str | None) -> Path | None:
     """``latency-table.json`` beside a SQLite storage file; None (in memory) for other storages."""
-    return None if sqlite_file(storage) is None else beside_storage(storage, "latency-table.json")
+    return None if storage_file(storage) is None else beside_storage(storage, "latency-table.json")
 
 
 def _jsonable(value: object) -> object:
@@ -443,10 +544,10 @@ def results_of(study: optuna.Study, storage: str | None = None) -> StudyResults:
 
 def load_results(storage: str, study_name: str) -> StudyResults:
     """:func:`results_of` for a study in a storage, without the model or data (what ``ranksearch report`` reads)."""
-    path = sqlite_file(storage)
+    path = storage_file(storage)
     if path is not None and not path.is_file():
         raise RanksearchError(f"storage {storage!r}: the file {str(path)!r} does not exist (no study run there yet?)")
-    backend = _open_storage(storage)
+    backend = open_storage(storage)
     names = optuna.study.get_all_study_names(storage=backend)
     if study_name not in names:
         available = ", ".join(repr(n) for n in names) or "none"
@@ -455,18 +556,32 @@ def load_results(storage: str, study_name: str) -> StudyResults:
 
 
 class _Progress:
-    """Prints one line per finished trial: progress, best so far, Pareto size, ETA."""
+    """Prints one line per finished trial: progress, best so far, Pareto size, ETA.
 
-    def __init__(self, search: RankSearch, n_trials: int | None) -> None:
-        self.search, self.n_trials, self.start, self.done = search, n_trials, time.perf_counter(), 0
+    With a budget the count is the study's (every worker's finished trials, out of the budget) and the
+    ETA comes from the study's pace since this process started; otherwise it counts this call's trials.
+    """
+
+    def __init__(self, search: RankSearch, n_trials: int | None, budget: int | None = None, label: str = "") -> None:
+        self.search, self.n_trials, self.budget = search, n_trials, budget
+        self.prefix = f"{label} " if label else ""
+        self.start, self.done = time.perf_counter(), 0
+        self.finished_at_start = self._finished() if budget is not None else 0
+
+    def _finished(self) -> int:
+        return sum(map(_has_result, self.search.study.get_trials(deepcopy=False, states=(COMPLETE, FAIL))))
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.user_attrs.get("over_budget"):
+            return
         self.done += 1
         elapsed = time.perf_counter() - self.start
-        total = f"/{self.n_trials}" if self.n_trials else ""
-        eta = ""
-        if self.n_trials:
-            eta = f" | ETA {_duration(elapsed / self.done * (self.n_trials - self.done))}"
+        if self.budget is not None:
+            done, total = self._finished(), self.budget
+            pace = elapsed / max(1, done - self.finished_at_start)
+        else:
+            done, total, pace = self.done, self.n_trials, elapsed / self.done
+        eta = f" | ETA {_duration(pace * max(0, total - done))}" if total else ""
         if trial.state == optuna.trial.TrialState.COMPLETE:
             now = " ".join(f"{o}={v:.4g}" for o, v in zip(self.search.objectives, trial.values, strict=True))
         else:
@@ -479,8 +594,8 @@ class _Progress:
                 best.append(f"{name}={pick(t.values[i] for t in front):.4g}")
         pareto = sum("duplicate_of" not in t.user_attrs for t in front)
         print(
-            f"[{self.done}{total}] trial {trial.number}: {now} | best {' '.join(best)} | pareto {pareto} "
-            f"| {elapsed / self.done:.1f} s/trial{eta}",
+            f"{self.prefix}[{done}{f'/{total}' if total else ''}] trial {trial.number}: {now} | best {' '.join(best)} "
+            f"| pareto {pareto} | {elapsed / self.done:.1f} s/trial{eta}",
             file=sys.stdout,
             flush=True,
         )

@@ -48,7 +48,7 @@ def test_run_trains_the_baseline_once_and_resumes(tmp_path, capsys):
     assert len(list((tmp_path / "baselines").glob("small_cnn-*.pt"))) == 1
     assert main(["run", str(path), "--n-trials", "5"]) == 0
     out = capsys.readouterr().out
-    assert "training the baseline" not in out and "4/5 trials done, running 1" in out and "[1/1] trial 4:" in out
+    assert "training the baseline" not in out and "4/5 trials done, running 1" in out and "[5/5] trial 4:" in out
 
 
 def test_a_corrupt_baseline_cache_is_retrained_with_a_warning(tmp_path, capsys):

@@ -142,7 +142,7 @@ def test_an_existing_study_with_other_objectives_is_refused(tiny_task, tmp_path)
         ({"objectives": ("macs", "params")}, "objectives must include 'accuracy'"),
         ({"sampler": "cmaes"}, "unknown sampler 'cmaes'; available: tpe, nsga2, nsga3, random"),
         ({"storage": "nosuchdb://host/x"}, "cannot open storage 'nosuchdb://host/x'"),
-        ({"storage": "runs/x.db"}, "is not a database URL"),
+        ({"storage": "runs/x.db"}, "is not a storage URL"),
     ],
 )
 def test_bad_search_settings(tiny_task, kwargs, message):

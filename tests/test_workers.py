@@ -1,0 +1,135 @@
+"""Many workers on one study: the budget is shared exactly, no trial is lost or duplicated, on SQLite, a
+journal file and a real PostgreSQL server; an interrupted trial does not use up the budget."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import warnings
+
+import optuna
+import pytest
+from postgres_server import postgres_server, why_unavailable  # tests/ is on sys.path (pytest's prepend mode)
+from test_run import write_study
+from test_study import make_search
+
+from ranksearch.cli import main
+from ranksearch.study import open_storage
+
+COMPLETE, FAIL, RUNNING, PRUNED = (optuna.trial.TrialState[s] for s in ("COMPLETE", "FAIL", "RUNNING", "PRUNED"))
+
+
+def trials_of(storage: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(storage)).trials
+
+
+def assert_exact(trials: list[optuna.trial.FrozenTrial], budget: int) -> None:
+    """``budget`` measured trials, every number once, none left running, each with its whole record;
+    anything else is an over-budget trial pruned before it evaluated anything."""
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # no number lost or given twice
+    measured = [t for t in trials if t.state in (COMPLETE, FAIL)]
+    assert len(measured) == budget, [(t.number, t.state.name) for t in trials]
+    assert all("config" in t.user_attrs and "accuracy" in t.user_attrs for t in measured)
+    for t in trials:
+        assert t.state in (COMPLETE, FAIL) or (t.state == PRUNED and t.user_attrs == {"over_budget": True})
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_local_workers_share_the_budget_exactly(tmp_path, capfd, kind):
+    path = write_study(tmp_path)
+    path.write_text(path.read_text().replace("n_trials = 4", "n_trials = 10"))
+    storage = f"sqlite:///{tmp_path}/tiny.db" if kind == "sqlite" else f"journal:///{tmp_path}/tiny.log"
+    assert main(["run", str(path), "--storage", storage, "--workers", "2"]) == 0
+    out = capfd.readouterr().out
+    assert "running 10 on 2 workers" in out and "worker 1 [" in out and "worker 2 [" in out
+    assert "Pareto front (" in out and (tmp_path / "tiny" / "report.html").is_file()  # the report beside
+    trials = trials_of(storage)
+    assert_exact(trials, 10)
+    # each worker samples with its own seed: the searched configs (after the queued warm starts) differ
+    searched = [t for t in trials if t.state == COMPLETE and "duplicate_of" not in t.user_attrs]
+    assert len({str(t.user_attrs["config"]) for t in searched}) == len(searched)
+
+
+def test_a_race_for_the_last_slot_prunes_the_loser_before_it_evaluates(tiny_task, tmp_path, monkeypatch):
+    storage = f"sqlite:///{tmp_path}/race.db"
+    winner = make_search(tiny_task, storage=storage, warm_start=(), heartbeat=None)  # ask() is used below
+    loser = make_search(tiny_task, storage=storage, warm_start=(), heartbeat=None)
+    winner.optimize(budget=1, show_progress=False)
+    running = winner.study.ask()  # another worker's trial in flight: the budget of 2 is spent
+    monkeypatch.setattr(type(loser), "_live_trials", lambda self: 0)  # the loser checked just before that
+    evaluated = []
+    monkeypatch.setattr(loser.evaluator, "evaluate", lambda *a, **k: evaluated.append(a))
+    loser.optimize(budget=2, show_progress=False)
+    assert evaluated == []
+    states = {t.number: t.state for t in loser.study.trials}
+    assert states == {0: COMPLETE, 1: RUNNING, 2: PRUNED}
+    assert loser.study.trials[2].user_attrs == {"over_budget": True}
+    winner.study.tell(running, [0.5, 0.5])
+    assert winner.remaining(2) == 0
+
+
+def test_an_interrupted_trial_does_not_use_up_the_budget(tiny_task, tmp_path, monkeypatch):
+    search = make_search(tiny_task, storage=f"sqlite:///{tmp_path}/stop.db")
+    real, calls = search.evaluator.evaluate, []
+
+    def ctrl_c_in_the_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search.evaluator, "evaluate", ctrl_c_in_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        search.optimize(budget=4, show_progress=False)
+    assert [t.state for t in search.study.trials][:2] == [COMPLETE, FAIL]  # then the queued warm starts
+    assert search.study.trials[1].user_attrs["interrupted"] is True
+    assert search.remaining(4) == 3  # the interrupted trial is run again
+    search.optimize(budget=4, show_progress=False)
+    assert sum(t.state == COMPLETE for t in search.study.trials) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--workers", "2", "--storage", "sqlite:///:memory:"], "is in memory: a study there is lost"),
+    ],
+)
+def test_bad_worker_settings_exit_2(tmp_path, capsys, args, message):
+    path = write_study(tmp_path)
+    assert main(["run", str(path), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_local_workers_refuse_a_latency_study(tmp_path, capsys):
+    path = write_study(tmp_path)
+    path.write_text(path.read_text() + "[latency]\nbatch_size = 2\nrepeats = 1\n")
+    assert main(["run", str(path), "--workers", "2"]) == 2
+    assert "would disturb each other's timings" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    reason = why_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url
+        with warnings.catch_warnings():  # the studies' pooled connections, dropped with them, close here
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+
+
+def test_workers_on_two_machines_share_a_postgresql_study_exactly(tmp_path, capfd, postgres_url):
+    path = write_study(tmp_path)
+    assert main(["run", str(path), "--storage", postgres_url, "--workers", "2", "--n-trials", "6"]) == 0
+    assert_exact(trials_of(postgres_url), 6)
+    # two "machines": independent commands on the same URL, started together, one budget of 14
+    command = [sys.executable, "-m", "ranksearch", "run", str(path), "--storage", postgres_url, "--n-trials", "14"]
+    machines = [subprocess.Popen([*command, "--no-report", "--seed", str(k)], cwd=tmp_path) for k in (1, 2)]
+    assert [machine.wait(timeout=300) for machine in machines] == [0, 0]
+    assert_exact(trials_of(postgres_url), 14)
+    out = capfd.readouterr().out
+    assert out.count("6/14 trials done, running 8") == 2  # both started with work to do, yet 14 in all
