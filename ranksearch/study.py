@@ -10,8 +10,10 @@ Objective values are defined in :mod:`ranksearch.objectives`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sqlite3
 import sys
 import time
 import warnings
@@ -26,7 +28,7 @@ import sqlalchemy
 from torch import nn
 
 from .apply import apply_resolved
-from .cache import FactorCache
+from .cache import FactorCache, weight_digest
 from .config import DENSE, CompressionConfig
 from .errors import RanksearchError
 from .evaluator import Evaluation, Evaluator, EvaluatorSettings, Metric
@@ -42,6 +44,7 @@ STUDY_ATTR = "ranksearch"
 WARM_START_FRACTIONS = (0.25, 0.5)
 WARM_START_METHODS = ("tucker2", "svd")
 HEARTBEAT_SECONDS = 60
+ADDED_TO_IDENTITY = ("weights",)  # identity keys newer than some stored studies: checked only where stored
 SQLITE_BUSY_SECONDS = 60
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState[state] for state in ("COMPLETE", "FAIL", "RUNNING"))
 
@@ -117,22 +120,33 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.Base
     except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
         raise RanksearchError(f"cannot open storage {url!r}: {type(error).__name__}: {error}") from None
     if path is not None:
-        _write_ahead_log(storage.engine)
+        _tune_sqlite(storage.engine)
     return storage
 
 
-def _write_ahead_log(engine: sqlalchemy.engine.Engine) -> None:
-    """Put a SQLite study in WAL mode with ``synchronous=NORMAL``: a commit no longer waits for the disk
-    (4x cheaper writes measured, ``benchmarks/workers.py``), readers do not block the writer, and a killed
-    process still loses nothing committed. WAL needs all workers on one machine (not a network file system).
+def _tune_sqlite(engine: sqlalchemy.engine.Engine) -> None:
+    """Make a SQLite study safe and quick to share between processes on one machine.
+
+    - Every transaction starts with ``BEGIN IMMEDIATE`` (the write lock first). Python's sqlite3 driver
+      otherwise reads outside any transaction and begins only at the first write, so two workers could
+      both see a queued trial waiting and both run it (reproduced: 4 of 60 queued trials with 3
+      processes; Optuna's ``SELECT ... FOR UPDATE`` is a no-op on SQLite).
+    - WAL mode with ``synchronous=NORMAL``: a commit no longer waits for the disk (about 4x cheaper
+      writes, ``benchmarks/workers.py``) and a killed process still loses nothing committed. WAL needs
+      every worker on one machine (not a network file system).
     """
-    sqlalchemy.event.listen(engine, "connect", lambda connection, _: connection.execute("PRAGMA synchronous=NORMAL"))
-    engine.dispose()  # connections opened before the listener reconnect with it
-    try:
-        with engine.connect() as connection:  # the mode is kept in the file: once per database is enough
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-    except sqlalchemy.exc.OperationalError as error:  # e.g. locked for longer than the busy timeout
-        warnings.warn(f"SQLite study left in its journal mode: {error}", stacklevel=3)
+
+    def on_connect(connection: sqlite3.Connection, _: object) -> None:
+        connection.isolation_level = None  # the driver's own BEGIN off: ours below
+        connection.execute("PRAGMA synchronous=NORMAL")
+        try:  # kept in the file: a no-op once the database is in WAL mode
+            connection.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as error:  # e.g. locked for longer than the busy timeout
+            warnings.warn(f"SQLite study left in its rollback-journal mode: {error}", stacklevel=2)
+
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    sqlalchemy.event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    engine.dispose()  # connections opened before the listeners reconnect with them
 
 
 class RankSearch:
@@ -221,6 +235,7 @@ class RankSearch:
             "rank_multiple": self.space.rank_multiple,
             "evaluator": settings,
             "dense_cost": {"macs": self.evaluator.dense.macs, "params": self.evaluator.dense.params},
+            "weights": _weights_digest(self.evaluator.model),
         }
         if self.evaluator.latency is not None:  # latencies measured elsewhere (other hardware, dtype, batch) differ
             settings = asdict(self.latency_settings)
@@ -256,6 +271,14 @@ class RankSearch:
             study.set_user_attr("sampler", self.sampler_name)
             return study
         for key, value in identity.items():
+            if key not in stored and key in ADDED_TO_IDENTITY:  # a study made before the key existed
+                continue
+            if key == "weights" and stored[key] != value:
+                raise RanksearchError(
+                    f"study {study_name!r} in {storage} was made with other weights of the model (a baseline trained "
+                    "apart, e.g. on another machine, or another saved model): every worker must start from the "
+                    "same trained model; copy the baseline file (runs/baselines/) or use [model] path"
+                )
             if json.loads(json.dumps(stored.get(key))) != json.loads(json.dumps(value)):
                 raise RanksearchError(
                     f"study {study_name!r} in {storage} exists with different {key}: stored {stored.get(key)}, "
@@ -488,6 +511,12 @@ class TrialFailed(Exception):
 def _objective_value(result: Evaluation, name: str) -> float:
     values = {"accuracy": result.accuracy, "macs": result.macs_ratio, "params": result.params_ratio}
     return result.latency_ratio if name == "latency" else values[name]
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """A digest of every parameter and buffer (names, shapes, values): the model the trials start from."""
+    digests = [f"{name}:{weight_digest(tensor)}" for name, tensor in model.state_dict().items()]
+    return hashlib.blake2b("\n".join(digests).encode(), digest_size=12).hexdigest()
 
 
 def _default_table(storage: str | None) -> Path | None:

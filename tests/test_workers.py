@@ -132,4 +132,47 @@ def test_workers_on_two_machines_share_a_postgresql_study_exactly(tmp_path, capf
     assert [machine.wait(timeout=300) for machine in machines] == [0, 0]
     assert_exact(trials_of(postgres_url), 14)
     out = capfd.readouterr().out
-    assert out.count("6/14 trials done, running 8") == 2  # both started with work to do, yet 14 in all
+    assert out.count("/14 trials done, running ") == 2  # both started with work to do, yet 14 in all
+
+
+def test_a_worker_with_other_weights_is_refused(tiny_task, tmp_path):
+    import copy
+
+    import torch
+
+    from ranksearch.errors import RanksearchError
+
+    storage = f"sqlite:///{tmp_path}/w.db"
+    make_search(tiny_task, storage=storage).optimize(budget=1, show_progress=False)
+    model, train_loader, val_loader = tiny_task
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-6)  # e.g. the baseline trained again on another machine
+    with pytest.raises(RanksearchError, match=r"was made with other weights of the model .* copy the baseline file"):
+        make_search((other, train_loader, val_loader), storage=storage)
+    assert make_search(tiny_task, storage=storage).remaining(1) == 0  # the same weights resume
+
+
+POP = """
+import sys, optuna
+from ranksearch.study import open_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="queue", storage=open_storage(sys.argv[1]))
+for _ in range(25):
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)  # raises if it ran a trial twice
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_concurrent_processes_pop_each_queued_trial_once(tmp_path, kind):
+    """Before SQLite sessions began with BEGIN IMMEDIATE, 3 processes ran 4 of 60 queued trials twice."""
+    storage = f"sqlite:///{tmp_path}/q.db" if kind == "sqlite" else f"journal:///{tmp_path}/q.log"
+    study = optuna.create_study(study_name="queue", storage=open_storage(storage))
+    for i in range(60):
+        study.enqueue_trial({"x": i / 60})
+    (tmp_path / "pop.py").write_text(POP)
+    workers = [subprocess.Popen([sys.executable, str(tmp_path / "pop.py"), storage]) for _ in range(3)]
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0, 0]
+    trials = optuna.load_study(study_name="queue", storage=open_storage(storage)).trials
+    assert len(trials) == 75 and all(t.state == COMPLETE for t in trials)
+    assert sorted(t.params["x"] for t in trials[:60]) == [i / 60 for i in range(60)]
