@@ -4,6 +4,8 @@ journal file and a real PostgreSQL server; an interrupted trial does not use up 
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -26,14 +28,16 @@ def trials_of(storage: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial
 
 def assert_exact(trials: list[optuna.trial.FrozenTrial], budget: int) -> None:
     """``budget`` measured trials, every number once, none left running, each with its whole record;
-    anything else is an over-budget trial pruned before it evaluated anything."""
+    anything else is an over-budget trial pruned before it evaluated anything or an interrupted one."""
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))  # no number lost or given twice
-    measured = [t for t in trials if t.state in (COMPLETE, FAIL)]
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    measured = [t for t in trials if t.state in (COMPLETE, FAIL) and t not in interrupted]
     assert len(measured) == budget, [(t.number, t.state.name) for t in trials]
     assert all("config" in t.user_attrs and "accuracy" in t.user_attrs for t in measured)
     for t in trials:
-        assert t.state in (COMPLETE, FAIL) or (t.state == PRUNED and t.user_attrs == {"over_budget": True})
+        over_budget = t.state == PRUNED and t.user_attrs == {"over_budget": True}
+        assert t in measured or (t in interrupted and t.state == FAIL) or over_budget
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
@@ -176,3 +180,26 @@ def test_concurrent_processes_pop_each_queued_trial_once(tmp_path, kind):
     trials = optuna.load_study(study_name="queue", storage=open_storage(storage)).trials
     assert len(trials) == 75 and all(t.state == COMPLETE for t in trials)
     assert sorted(t.params["x"] for t in trials[:60]) == [i / 60 for i in range(60)]
+
+
+def test_ctrl_c_stops_every_worker_writes_the_report_and_the_rerun_completes_the_budget(tmp_path, capfd):
+    path = write_study(tmp_path)
+    text = path.read_text().replace("finetune_steps = 2", "finetune_steps = 300")  # trials of about a second
+    path.write_text(text.replace("n_trials = 4", "n_trials = 8"))
+    command = [sys.executable, "-m", "ranksearch", "run", str(path), "--workers", "2"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    for line in run.stdout:  # Ctrl-C reaches the whole process group, as in a terminal
+        if line.startswith("worker ") and "[1/8]" not in line:
+            break
+    os.killpg(run.pid, signal.SIGINT)
+    out = run.stdout.read()
+    run.stdout.close()
+    assert run.wait(timeout=60) == 130
+    assert "interrupted: " in out and "run the same command again to continue" in out
+    assert (tmp_path / "tiny" / "report.html").is_file()
+    storage = f"sqlite:///{tmp_path}/tiny.db"
+    assert RUNNING not in [t.state for t in trials_of(storage)]
+    assert main(["run", str(path), "--workers", "2", "--no-report"]) == 0
+    trials = trials_of(storage)
+    assert_exact(trials, 8)
+    assert any(t.user_attrs.get("interrupted") for t in trials)  # run again, not counted
