@@ -94,9 +94,9 @@ def _timed(owner: object, names: tuple[str, ...], totals: dict[str, float], key:
         setattr(owner, name, timed)
 
 
-def worker(study_path: str, storage: str, budget: int, index: int, workers: int, out: str) -> None:
-    """One worker process: its own sampler seed and thread share; writes where its time went to ``out``."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+def worker(study_path: str, storage: str, budget: int, index: int, threads: int, out: str) -> None:
+    """One worker process: its own sampler seed and threads; writes where its time went to ``out``."""
+    torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = prepare_search(load_study_file(study_path), storage=storage, sampler_seed=index, log=lambda _: None)
     totals = {"storage": 0.0, "sampler": 0.0, "evaluate": 0.0}
@@ -111,14 +111,20 @@ def worker(study_path: str, storage: str, budget: int, index: int, workers: int,
     Path(out).write_text(json.dumps(totals))
 
 
-def run_workers(study_path: Path, storage: str, budget: int, workers: int, folder: Path) -> dict[str, float]:
-    """Open the study once (warm starts queued), then ``workers`` processes share ``budget``; totals over them."""
+def run_workers(
+    study_path: Path, storage: str, budget: int, workers: int, folder: Path, threads: int | None = None
+) -> dict[str, float]:
+    """Open the study once (warm starts queued), then ``workers`` processes share ``budget``; totals over them.
+
+    Each worker gets ``threads`` torch threads (default: its share of the cores, as ``ranksearch run --workers``).
+    """
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     prepare_search(load_study_file(study_path), storage=storage, log=lambda _: None)  # creates it, trains the baseline
     context = multiprocessing.get_context("spawn")
     outs = [folder / f"worker-{k}.json" for k in range(workers)]
     start = time.perf_counter()
     processes = [
-        context.Process(target=worker, args=(str(study_path), storage, budget, k, workers, str(out)))
+        context.Process(target=worker, args=(str(study_path), storage, budget, k, threads, str(out)))
         for k, out in enumerate(outs)
     ]
     for process in processes:
@@ -154,18 +160,24 @@ def report_seconds(storage: str, name: str, folder: Path) -> float:
 
 
 def throughput(study: Path, trials: int, workers: int, folder: Path) -> None:
+    """1 worker with every core's thread, 1 worker with 1 thread, ``workers`` workers with their share."""
     print(f"\n## Throughput: {study}, {trials} trials, 1 worker vs {workers}")
-    rates = {}
-    for count in (1, workers):
-        storage = f"sqlite:///{folder}/throughput-{count}.db"
-        total = run_workers(study, storage, trials, count, folder)
-        rates[count] = trials / total["worker_wall"] * 60
+    cores, rates = os.cpu_count() or 1, {}
+    arms = {"1 worker": (1, None), "1 worker, 1 thread": (1, 1), f"{workers} workers": (workers, None)}
+    for arm, (count, threads) in arms.items():
+        storage = f"sqlite:///{folder}/throughput-{len(rates)}.db"
+        total = run_workers(study, storage, trials, count, folder, threads=threads)
+        rates[arm] = trials / total["worker_wall"] * 60
         exact = check_exact(storage, load_study_file(study).study.name, trials)
+        share = threads or max(1, cores // count)
         print(
-            f"{count} worker(s): {rates[count]:.1f} trials/min ({total['worker_wall']:.0f} s for {trials} trials, "
-            f"{total['evaluate'] / trials:.2f} s evaluating per trial; {exact})"
+            f"{arm} ({share} thread(s) each): {rates[arm]:.1f} trials/min ({total['worker_wall']:.0f} s for "
+            f"{trials} trials, {total['evaluate'] / trials:.2f} s evaluating per trial; {exact})"
         )
-    print(f"ratio {workers} workers / 1 worker: {rates[workers] / rates[1]:.2f}x")
+    print(
+        f"ratio {workers} workers / 1 worker: {rates[f'{workers} workers'] / rates['1 worker']:.2f}x; "
+        f"/ 1 worker with 1 thread: {rates[f'{workers} workers'] / rates['1 worker, 1 thread']:.2f}x"
+    )
 
 
 def load(trials: int, workers: int, folder: Path, storages: list[str]) -> None:
