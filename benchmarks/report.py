@@ -59,7 +59,7 @@ from ranksearch.config import DENSE, CompressionConfig
 from ranksearch.costs import count
 from ranksearch.decompositions import get_method
 from ranksearch.errors import RanksearchError
-from ranksearch.evaluator import DenseBaseline, Evaluation, EvaluatorSettings
+from ranksearch.evaluator import DenseMeasurement, Evaluation, EvaluatorSettings
 from ranksearch.models import build_model
 from ranksearch.objectives import check_objectives
 from ranksearch.report import figures, write_report
@@ -139,7 +139,7 @@ def warm_start_picks(space: SearchSpace, layers: dict[str, LayerChoices]) -> lis
     picks = [{name: (DENSE, None) for name in layers}]
     for method in WARM_START_METHODS:
         for fraction in WARM_START_FRACTIONS:
-            picks.append(space.uniform_config(layers, (method, "svd"), fraction))
+            picks.append(space.uniform_picks(layers, (method, "svd"), fraction))
     return picks
 
 
@@ -227,7 +227,7 @@ def build_study(
     layers = search_layers(model, n_layers)
     input_shape = (1, 3, 32, 32)
     costs = CostTable(model, layers, input_shape)
-    dense = DenseBaseline(0.912, costs.macs, costs.params, input_shape)
+    dense = DenseMeasurement(0.912, costs.macs, costs.params, input_shape)
     # RankSearch's own study creation and identity, on a stand-in for the RankSearch object.
     search = SimpleNamespace(
         objectives=tuple(objectives),

@@ -38,11 +38,11 @@ import torch
 from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
 
 import ranksearch
-from ranksearch.baselines import energy_config, error_balanced_config, uniform_config, vbmf_config
 from ranksearch.cache import FactorCache
 from ranksearch.config import CompressionConfig
 from ranksearch.costs import count
 from ranksearch.errors import RanksearchError
+from ranksearch.heuristics import energy_config, error_balanced_config, uniform_config, vbmf_config
 from ranksearch.report import hypervolume
 from ranksearch.runner import prepare
 from ranksearch.study import RankSearch
@@ -80,7 +80,7 @@ def bisect(make: Callable[[float], CompressionConfig], macs_of: Callable[[Compre
     return best
 
 
-def baseline_configs(model: torch.nn.Module, input_shape: tuple[int, ...], budgets: list[float], cache: FactorCache):
+def heuristic_configs(model: torch.nn.Module, input_shape: tuple[int, ...], budgets: list[float], cache: FactorCache):
     """{baseline name: [(budget, config)]} for every baseline and budget that it can meet."""
     dense = count(model, input_shape).macs
 
@@ -145,7 +145,7 @@ def main() -> None:
 
     rows = []
     print("baselines:")
-    configs = baseline_configs(model, input_shape, budgets, cache)
+    configs = heuristic_configs(model, input_shape, budgets, cache)
     for name, entries in configs.items():
         for budget, config in entries:
             result = evaluator.evaluate(config)

@@ -52,7 +52,7 @@ name = "digits"
 options = {{ image_size = 8 }}
 batch_size = 32
 eval_batch_size = 120
-[baseline]
+[training]
 epochs = 1
 cache_dir = "{folder}/baselines"
 [evaluator]

@@ -19,6 +19,7 @@ The core API::
 
 from __future__ import annotations
 
+from ._version import __version__
 from .apply import apply
 from .cache import FactorCache
 from .config import CompressionConfig
@@ -26,11 +27,9 @@ from .costs import CostReport, compare, count
 from .decompositions import Decomposition, FactorizedLayer, available_methods, get_method
 from .errors import ConfigError, RanksearchError, UnsupportedLayerError
 from .evaluator import Evaluator, EvaluatorSettings
-from .export import load, save
 from .layers import LayerInfo, compressible_layers, skipped_layers
+from .saving import load, save
 from .space import SearchSpace
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CompressionConfig",
@@ -46,6 +45,7 @@ __all__ = [
     "RanksearchError",
     "SearchSpace",
     "UnsupportedLayerError",
+    "__version__",
     "apply",
     "available_methods",
     "compare",

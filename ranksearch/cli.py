@@ -22,17 +22,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
+from ._version import __version__
 from .apply import apply_resolved
 from .cache import FactorCache
 from .config import CompressionConfig
 from .costs import compare, count
 from .errors import RanksearchError
-from .export import save
 from .finetune import finetune_epochs
 from .layers import compressible_layers, skipped_layers
 from .models import available_models, build_model
 from .report import StudyResults, choose, write_report
+from .saving import save
 from .storage import beside_storage
 from .studyfile import load_study_file
 

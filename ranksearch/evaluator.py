@@ -28,7 +28,7 @@ from .costs import count
 from .errors import RanksearchError
 from .latency import LatencyEstimator, LatencySettings, LatencyTable
 
-__all__ = ["DenseBaseline", "Evaluation", "Evaluator", "EvaluatorSettings"]
+__all__ = ["DenseMeasurement", "Evaluation", "Evaluator", "EvaluatorSettings"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -101,7 +101,7 @@ class EvaluatorSettings:
 
 
 @dataclass(frozen=True)
-class DenseBaseline:
+class DenseMeasurement:
     """The uncompressed model measured once: accuracy on the validation subset, MACs and params, and its
     latency in seconds when latency is measured (batch, device and dtype as the latency settings say)."""
 
@@ -246,7 +246,7 @@ class Evaluator:
             None if latency is None else LatencyEstimator(self.model, input_shape[1:], latency, latency_table)
         )
         latency_seconds = None if self.latency is None else self.latency.dense_seconds
-        self.dense = DenseBaseline(self.measure(self.model), cost.macs, cost.params, input_shape, latency_seconds)
+        self.dense = DenseMeasurement(self.measure(self.model), cost.macs, cost.params, input_shape, latency_seconds)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.settings.amp is None:

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .baseline import load_or_train
 from .data import load_dataset, make_loaders
 from .errors import RanksearchError
 from .models import build_model
 from .study import RankSearch
 from .studyfile import StudyFile
+from .training import load_or_train
 
 __all__ = ["PreparedStudy", "builtin_spec", "load_model", "prepare", "prepare_search"]
 
@@ -65,7 +65,7 @@ def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None]
     options = builtin_spec(study_file, splits)["options"]
     try:
         with torch.random.fork_rng(devices=[]):  # the baseline's seed also fixes its initial weights
-            torch.manual_seed(study_file.baseline.train.seed)
+            torch.manual_seed(study_file.training.train.seed)
             model = build_model(section.name, **options)
     except TypeError as error:
         raise RanksearchError(f"{study_file.path}: [model] options {section.options} do not fit: {error}") from None
@@ -81,21 +81,21 @@ def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None]
         identity,
         splits.train,
         val_loader,
-        study_file.baseline.train,
-        study_file.baseline.cache_dir,
+        study_file.training.train,
+        study_file.training.cache_dir,
         device=study_file.evaluator.device,
         log=log,
     )
-    log(f"baseline {section.name}: accuracy {accuracy:.4f} on {study_file.data.name} ({path})")
+    log(f"dense model {section.name}: accuracy {accuracy:.4f} on {study_file.data.name} ({path})")
     return model
 
 
 def _baseline_warm_starts(model: nn.Module, splits: object, budgets: tuple[float, ...]) -> list:
     if not budgets:
         return []
-    from .baselines import baseline_configs
+    from .heuristics import heuristic_configs
 
-    return [config for _, _, config in baseline_configs(model, (1, *splits.input_shape), budgets)]
+    return [config for _, _, config in heuristic_configs(model, (1, *splits.input_shape), budgets)]
 
 
 def prepare_search(
@@ -147,7 +147,7 @@ def prepare(
         sampler=section.sampler,
         seed=section.seed if sampler_seed is None else sampler_seed,
         warm_start=section.warm_start,
-        warm_start_configs=_baseline_warm_starts(model, splits, section.warm_start_baselines),
+        warm_start_configs=_baseline_warm_starts(model, splits, section.warm_start_heuristics),
         latency=study_file.latency,
         heartbeat=section.heartbeat,
     )

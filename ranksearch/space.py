@@ -133,7 +133,7 @@ class SearchSpace:
             grid.append(method.canonical_rank(module, rank))
         return tuple(grid)
 
-    def uniform_config(self, layers: Mapping[str, LayerChoices], methods: tuple[str, ...], fraction: float) -> dict:
+    def uniform_picks(self, layers: Mapping[str, LayerChoices], methods: tuple[str, ...], fraction: float) -> dict:
         """Params of a uniform config: every layer gets the first of ``methods`` it allows, at the
         offered fraction nearest to ``fraction``; layers allowing none stay dense (or their first method).
         """

@@ -164,7 +164,7 @@ class RankSearch:
         sampler: ``"tpe"`` (default), ``"nsga2"``, ``"nsga3"`` or ``"random"``.
         seed: seeds the sampler (the evaluator has its own seed).
         warm_start: kept-rank fractions of the uniform configs enqueued first, after the dense model.
-        warm_start_configs: more configs to try first (e.g. from :mod:`ranksearch.baselines`), each
+        warm_start_configs: more configs to try first (e.g. from :mod:`ranksearch.heuristics`), each
             snapped to the nearest ranks on the search grid.
         metric: ``metric(logits, targets) -> float`` replacing top-1 accuracy (higher is better).
         cache: a shared factor cache.
@@ -292,7 +292,7 @@ class RankSearch:
             if not any(method in layer.methods for layer in self.layers.values()):
                 continue
             for fraction in fractions:
-                picks = self.space.uniform_config(self.layers, (method, "svd"), fraction)
+                picks = self.space.uniform_picks(self.layers, (method, "svd"), fraction)
                 self.study.enqueue_trial(self._params(picks), skip_if_exists=True)
 
     def _params(self, picks: Mapping[str, tuple[str, float | None]]) -> dict[str, object]:

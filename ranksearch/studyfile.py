@@ -1,10 +1,10 @@
 """Study files: a TOML description of a whole rank search, validated key by key.
 
 ```toml
-[study]            # name, storage, objectives, n_trials, timeout, sampler, seed, warm_start, warm_start_baselines
+[study]            # name, storage, objectives, n_trials, timeout, sampler, seed, warm_start, warm_start_heuristics
 [model]            # name (built-in) + options, or path (a torch.save'd nn.Module)
 [data]             # name (built-in dataset) + options, batch_size, eval_batch_size
-[baseline]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, cache_dir
+[training]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, cache_dir
 [space]            # SearchSpace: methods, rank_fractions, rank_multiple, include, exclude, overrides
 [evaluator]        # EvaluatorSettings: finetune_steps, lr, momentum, weight_decay, eval_batches, bn_batches, ...
 [latency]          # LatencySettings: device, dtype, batch_size, threads, warmup, repeats, check_every, table
@@ -14,6 +14,10 @@ Each section maps onto one frozen dataclass (the search space and evaluator sect
 classes the Python API takes), so a key means the same thing in both places. Unknown keys, wrong types
 and bad values are errors that name the file, the section and the key. Relative paths are relative to
 the working directory.
+
+Renamed keys still work, with a ``FutureWarning`` that names the new one: ``[baseline]`` is now
+``[training]`` (it trains the dense model), ``[study] warm_start_baselines`` is now
+``warm_start_heuristics`` (the rank heuristics of :mod:`ranksearch.heuristics`).
 """
 
 from __future__ import annotations
@@ -22,24 +26,25 @@ import dataclasses
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 
-from .baseline import TrainSettings
 from .errors import RanksearchError
 from .evaluator import EvaluatorSettings
 from .latency import LatencySettings
 from .objectives import check_objectives, check_sampler
 from .space import SearchSpace
+from .training import TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["BaselineSection", "DataSection", "ModelSection", "StudyFile", "StudySection", "load_study_file"]
+__all__ = ["DataSection", "ModelSection", "StudyFile", "StudySection", "TrainingSection", "load_study_file"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,9 @@ class StudySection:
         sampler: tpe, nsga2, nsga3 or random.
         seed: sampler seed.
         warm_start: kept-rank fractions of the uniform configs tried first (after the dense model).
-        warm_start_baselines: MACs budgets (fractions of dense) at which the baselines' configs are tried
+        warm_start_heuristics: MACs budgets (fractions of dense) at which the rank heuristics' configs are tried
             first too (uniform and error-balanced SVD/Tucker-2, and VBMF Tucker-2; see
-            :func:`ranksearch.baselines.baseline_configs`); empty: none.
+            :func:`ranksearch.heuristics.heuristic_configs`); empty: none. Formerly ``warm_start_baselines``.
         heartbeat: seconds between a running trial's "alive" marks; a trial of a killed worker is marked
             failed after twice that.
     """
@@ -70,7 +75,7 @@ class StudySection:
     sampler: str = "tpe"
     seed: int = 0
     warm_start: tuple[float, ...] = (0.25, 0.5)
-    warm_start_baselines: tuple[float, ...] = ()
+    warm_start_heuristics: tuple[float, ...] = ()
     heartbeat: int = 60
 
 
@@ -94,8 +99,9 @@ class DataSection:
 
 
 @dataclass(frozen=True)
-class BaselineSection:
-    """``[baseline]``: how a built-in model is trained on first use, and where it is cached."""
+class TrainingSection:
+    """``[training]`` (formerly ``[baseline]``): how a built-in model is trained on first use, and where the
+    trained dense model is cached (``runs/baselines`` by default, the folder earlier versions used)."""
 
     train: TrainSettings = field(default_factory=TrainSettings)
     cache_dir: str = "runs/baselines"
@@ -109,7 +115,7 @@ class StudyFile:
     study: StudySection
     model: ModelSection
     data: DataSection
-    baseline: BaselineSection
+    training: TrainingSection
     space: SearchSpace
     evaluator: EvaluatorSettings
     latency: LatencySettings | None = None
@@ -121,7 +127,9 @@ class StudyFile:
         return self.study.storage or f"sqlite:///runs/{self.study.name}.db"
 
 
-_SECTIONS = ("study", "model", "data", "baseline", "space", "evaluator", "latency")
+_SECTIONS = ("study", "model", "data", "training", "space", "evaluator", "latency")
+_RENAMED_SECTIONS = {"baseline": "training"}
+_RENAMED_STUDY_KEYS = {"warm_start_baselines": "warm_start_heuristics"}
 
 
 _NAMES = {int: "int", float: "number", str: "string", bool: "boolean", type(None): "nothing"}
@@ -207,10 +215,42 @@ def _check_study_section(study: StudySection, path: Path) -> None:
         raise RanksearchError(f"{path}: [study] heartbeat must be an int >= 1 (seconds), got {study.heartbeat}")
     if not 0 <= study.seed < 2**32:  # what the samplers (numpy) accept
         raise RanksearchError(f"{path}: [study] seed must be an int in [0, 2**32), got {study.seed}")
-    for key, what in (("warm_start", "fractions"), ("warm_start_baselines", "budgets")):
+    for key, what in (("warm_start", "fractions"), ("warm_start_heuristics", "budgets")):
         for value in getattr(study, key):
             if not 0 < value <= 1:
                 raise RanksearchError(f"{path}: [study] {key} {what} must be numbers in (0, 1], got {value}")
+
+
+def _renamed(document: dict, path: Path) -> dict:
+    """``document`` with renamed sections and keys under their new names (a FutureWarning for each)."""
+    document = dict(document)
+    for old, new in _RENAMED_SECTIONS.items():
+        if old in document:
+            if new in document:
+                raise RanksearchError(f"{path}: [{old}] is the old name of [{new}]: give only [{new}]")
+            warnings.warn(f"{path}: [{old}] is now called [{new}]; rename the section", FutureWarning, stacklevel=3)
+            document[new] = document.pop(old)
+    study = document.get("study")
+    if isinstance(study, dict):
+        study = dict(study)
+        for old, new in _RENAMED_STUDY_KEYS.items():
+            if old in study:
+                if new in study:
+                    raise RanksearchError(f"{path}: [study] {old} is the old name of {new}: give only {new}")
+                warnings.warn(f"{path}: [study] {old} is now called {new}; rename the key", FutureWarning, stacklevel=3)
+                study[new] = study.pop(old)
+        document["study"] = study
+    return document
+
+
+def _training_section(table: object, path: Path) -> TrainingSection:
+    if not isinstance(table, dict):
+        raise RanksearchError(f"{path}: [training] must be a table")
+    table = dict(table)
+    cache_dir = table.pop("cache_dir", TrainingSection.cache_dir)
+    if not isinstance(cache_dir, str):
+        raise RanksearchError(f"{path}: [training] cache_dir must be a string, got {cache_dir!r}")
+    return TrainingSection(train=_build(TrainSettings, table, f"{path}: [training]"), cache_dir=cache_dir)
 
 
 def load_study_file(path: str | Path) -> StudyFile:
@@ -230,6 +270,7 @@ def load_study_file(path: str | Path) -> StudyFile:
         raise RanksearchError(f"{path}: not valid TOML: {error}") from None
     if not document:
         raise RanksearchError(f"{path}: the study file is empty (it needs at least [model] and [data])")
+    document = _renamed(document, path)
     unknown = [key for key in document if key not in _SECTIONS]
     if unknown:
         raise RanksearchError(f"{path}: unknown section [{unknown[0]}] (valid: {', '.join(_SECTIONS)})")
@@ -249,19 +290,13 @@ def load_study_file(path: str | Path) -> StudyFile:
     for key in ("batch_size", "eval_batch_size"):
         if getattr(data, key) < 1:
             raise RanksearchError(f"{path}: [data] {key} must be >= 1, got {getattr(data, key)}")
-    baseline_table = dict(document.get("baseline", {})) if isinstance(document.get("baseline", {}), dict) else None
-    if baseline_table is None:
-        raise RanksearchError(f"{path}: [baseline] must be a table")
-    cache_dir = baseline_table.pop("cache_dir", "runs/baselines")
-    if not isinstance(cache_dir, str):
-        raise RanksearchError(f"{path}: [baseline] cache_dir must be a string, got {cache_dir!r}")
-    train = _build(TrainSettings, baseline_table, f"{path}: [baseline]")
+    training = _training_section(document.get("training", {}), path)
     return StudyFile(
         path=path,
         study=study,
         model=model,
         data=data,
-        baseline=BaselineSection(train=train, cache_dir=cache_dir),
+        training=training,
         space=_build(SearchSpace, document.get("space", {}), f"{path}: [space]"),
         evaluator=_build(EvaluatorSettings, document.get("evaluator", {}), f"{path}: [evaluator]"),
         latency=None

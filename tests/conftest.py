@@ -70,9 +70,9 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def tiny_task():
     """A small CNN trained for a few epochs on 8x8 digits, with its loaders: (model, train, val)."""
-    from ranksearch.baseline import TrainSettings, train
     from ranksearch.data import digits, make_loaders
     from ranksearch.models import small_cnn
+    from ranksearch.training import TrainSettings, train
 
     splits = digits(image_size=8)
     train_loader, val_loader = make_loaders(splits, batch_size=32, eval_batch_size=120, seed=0)

@@ -39,6 +39,6 @@ def test_the_search_example_runs_on_your_model_and_loaders(tiny_task, tmp_path):
 
 
 def test_the_baselines_example_runs(capsys):
-    block = next(b for b in BLOCKS if "ranksearch.baselines import" in b)
+    block = next(b for b in BLOCKS if "ranksearch.heuristics import" in b)
     exec(compile(block, str(README), "exec"), {})
     assert 0.45 < float(capsys.readouterr().out.strip()) <= 0.5

@@ -20,7 +20,7 @@ name = "digits"
 options = {{ image_size = 8 }}
 batch_size = 32
 eval_batch_size = 120
-[baseline]
+[training]
 epochs = 1
 cache_dir = "{tmp}/baselines"
 [space]
@@ -42,13 +42,13 @@ def test_run_trains_the_baseline_once_and_resumes(tmp_path, capsys):
     path = write_study(tmp_path)
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "training the baseline small_cnn on digits for 1 epochs" in out and "  epoch 1/1: loss " in out
+    assert "training the dense model small_cnn on digits for 1 epochs" in out and "  epoch 1/1: loss " in out
     assert "0/4 trials done, running 4" in out and "[4/4] trial 3:" in out
     assert "Pareto front (" in out and "accuracy_recalibrated" in out and "latency_ms" not in out
     assert len(list((tmp_path / "baselines").glob("small_cnn-*.pt"))) == 1
     assert main(["run", str(path), "--n-trials", "5"]) == 0
     out = capsys.readouterr().out
-    assert "training the baseline" not in out and "4/5 trials done, running 1" in out and "[5/5] trial 4:" in out
+    assert "training the dense model" not in out and "4/5 trials done, running 1" in out and "[5/5] trial 4:" in out
 
 
 def test_a_corrupt_baseline_cache_is_retrained_with_a_warning(tmp_path, capsys):
@@ -58,14 +58,14 @@ def test_a_corrupt_baseline_cache_is_retrained_with_a_warning(tmp_path, capsys):
     cached.write_bytes(cached.read_bytes()[:100])
     with pytest.warns(UserWarning, match="is unreadable"):
         assert main(["run", str(path), "--n-trials", "1"]) == 0
-    assert "training the baseline" in capsys.readouterr().out
+    assert "training the dense model" in capsys.readouterr().out
 
 
 def test_a_saved_user_model_runs_without_training(tmp_path, capsys):
     torch.save(small_cnn(in_channels=1, num_classes=10, width=4), tmp_path / "model.pt")
     path = write_study(tmp_path, model=f'path = "{tmp_path}/model.pt"')
     assert main(["run", str(path), "--n-trials", "2"]) == 0
-    assert "training the baseline" not in capsys.readouterr().out
+    assert "training the dense model" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def test_bad_data_options_exit_2(tmp_path, capsys):
 
 
 def test_the_baseline_is_the_same_whatever_the_global_rng_state(tmp_path):
-    """The [baseline] seed fixes the initial weights too, so two fresh runs train the same model."""
+    """The [training] seed fixes the initial weights too, so two fresh runs train the same model."""
     import dataclasses
 
     from ranksearch.data import load_dataset

@@ -32,10 +32,10 @@ def test_include_exclude_and_overrides():
     assert layers["layers.2.2.conv2"].methods == ("svd",)
 
 
-def test_uniform_config_uses_the_first_allowed_method_per_layer():
+def test_uniform_picks_use_the_first_allowed_method_per_layer():
     space = SearchSpace(rank_fractions=(0.25, 0.5))
     layers = space.layers(resnet20())
-    picks = space.uniform_config(layers, ("tucker2", "svd"), 0.3)
+    picks = space.uniform_picks(layers, ("tucker2", "svd"), 0.3)
     assert picks["layers.0.0.conv1"] == ("tucker2", 0.25) and picks["fc"] == ("svd", 0.25)
     config = SearchSpace.to_config(layers, picks)
     assert config["layers.0.0.conv1"] == ("tucker2", (4, 4)) and config["fc"] == ("svd", 3)

@@ -66,8 +66,8 @@ def test_defaults_and_conversions(tmp_path):
         (MINIMAL + '[space]\nmethods = ["svd", "qr"]\n', r"\[space\]: unknown method 'qr'"),
         (MINIMAL + "[space]\nrank_fractions = [0.5, 1.5]\n", r"rank fractions must be numbers in \(0, 1\], got 1.5"),
         (MINIMAL + "[space]\nrank_fractions = [-0.5]\n", r"rank fractions must be numbers in \(0, 1\]"),
-        (MINIMAL + "[baseline]\nepochs = 0\n", r"\[baseline\]: baseline setting epochs must be an int >= 1"),
-        (MINIMAL + "[baseline]\ncache_dir = 3\n", r"\[baseline\] cache_dir must be a string"),
+        (MINIMAL + "[training]\nepochs = 0\n", r"\[training\]: training setting epochs must be an int >= 1"),
+        (MINIMAL + "[training]\ncache_dir = 3\n", r"\[training\] cache_dir must be a string"),
         ('[model]\nname = "m"\n[data]\nbatch_size = 0\n', r"\[data\] batch_size must be >= 1"),
         ('[data]\nname = "digits"\n', r"\[model\] needs exactly one of 'name' \(a built-in model\) or 'path'"),
         ('[model]\nname = "a"\npath = "b"\n', r"\[model\] needs exactly one of"),
@@ -92,7 +92,7 @@ toml_scalars = st.one_of(
     st.lists(st.integers(-2, 2), max_size=3),
 )
 sections = st.dictionaries(
-    st.sampled_from(["study", "model", "data", "space", "evaluator", "baseline", "extra"]),
+    st.sampled_from(["study", "model", "data", "space", "evaluator", "training", "extra"]),
     st.dictionaries(st.sampled_from(["name", "lr", "methods", "n_trials", "epochs", "x"]), toml_scalars, max_size=3),
     max_size=4,
 )
@@ -120,3 +120,32 @@ def _toml(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
+
+
+def test_renamed_section_and_key_still_work_with_a_future_warning(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text(MINIMAL + "[study]\nwarm_start_baselines = [0.5]\n[baseline]\nepochs = 3\ncache_dir = 'c'\n")
+    with pytest.warns(FutureWarning) as caught:
+        study_file = load_study_file(path)
+    messages = sorted(str(w.message) for w in caught)
+    assert messages[0].endswith("[baseline] is now called [training]; rename the section")
+    assert messages[1].endswith("[study] warm_start_baselines is now called warm_start_heuristics; rename the key")
+    assert study_file.training.train.epochs == 3 and study_file.training.cache_dir == "c"
+    assert study_file.study.warm_start_heuristics == (0.5,)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[baseline]\n[training]\n", r"\[baseline\] is the old name of \[training\]: give only \[training\]"),
+        (
+            "[study]\nwarm_start_baselines = [0.5]\nwarm_start_heuristics = [0.5]\n",
+            r"\[study\] warm_start_baselines is the old name of warm_start_heuristics: give only",
+        ),
+    ],
+)
+def test_old_and_new_names_together_are_an_error(tmp_path, text, message):
+    path = tmp_path / "both.toml"
+    path.write_text(MINIMAL + text)
+    with pytest.raises(rs.RanksearchError, match=message):
+        load_study_file(path)

@@ -184,7 +184,7 @@ def _export_hint(results: StudyResults, study_file: str | None) -> str:
 
 def dashboard_html(results: StudyResults, figures: Mapping[str, go.Figure], *, study_file: str | None = None) -> str:
     """The dashboard page as one HTML string (about 5 MB, most of it plotly.js)."""
-    from .. import __version__
+    from .._version import __version__
 
     blocks = []
     for name, fig in figures.items():

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 from ._allocation import Allocation, LayerAllocation, error_balanced_allocation, error_balanced_config
 from ._energy import energy_config, energy_rank
-from ._sweep import baseline_configs
+from ._sweep import heuristic_configs
 from ._uniform import uniform_config
 from ._vbmf import vbmf_config, vbmf_rank, weaken_rank
 
 __all__ = [
     "Allocation",
     "LayerAllocation",
-    "baseline_configs",
     "energy_config",
     "energy_rank",
     "error_balanced_allocation",
     "error_balanced_config",
+    "heuristic_configs",
     "uniform_config",
     "vbmf_config",
     "vbmf_rank",

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import ranksearch as rs
-from ranksearch.export import FORMAT, VERSION, base_signature, read
 from ranksearch.models import build_model
+from ranksearch.saving import FORMAT, VERSION, base_signature, read
 
 CONV, LINEAR = "3.0", "12"  # in small_cnn(width=4): a Conv2d(4, 8, 3) and the Linear(256, 10) head
 RESNET_OPTIONS = {"in_channels": 3, "num_classes": 7}  # not the defaults: the options must be used

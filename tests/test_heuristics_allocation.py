@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import ranksearch as rs
-from ranksearch.baselines._allocation import error_balanced_allocation, error_balanced_config
+from ranksearch.heuristics._allocation import error_balanced_allocation, error_balanced_config
 from ranksearch.latency import layer_inputs
 
 SHAPE = (1, 3, 16, 16)

@@ -52,14 +52,14 @@ class TrainSettings:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RanksearchError(f"baseline setting {name} must be an int >= 1, got {value!r}")
+                raise RanksearchError(f"training setting {name} must be an int >= 1, got {value!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
-            raise RanksearchError(f"baseline setting lr must be a finite number > 0, got {self.lr!r}")
+            raise RanksearchError(f"training setting lr must be a finite number > 0, got {self.lr!r}")
         wd = self.weight_decay
         if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0 <= wd < math.inf:
-            raise RanksearchError(f"baseline setting weight_decay must be a finite number >= 0, got {wd!r}")
+            raise RanksearchError(f"training setting weight_decay must be a finite number >= 0, got {wd!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise RanksearchError(f"baseline setting seed must be an int, got {self.seed!r}")
+            raise RanksearchError(f"training setting seed must be an int, got {self.seed!r}")
 
 
 def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
@@ -87,7 +87,7 @@ def train(
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator, drop_last=True)
     if len(loader) == 0:
         raise RanksearchError(
-            f"baseline setting batch_size {settings.batch_size} is larger than the training set "
+            f"training setting batch_size {settings.batch_size} is larger than the training set "
             f"({len(train_set)} images): lower it"
         )
     model.to(device).train()
@@ -104,7 +104,7 @@ def train(
                 group["lr"] = settings.lr * warmup * 0.5 * (1 + math.cos(math.pi * step / total))
             loss = _loss(model, inputs.to(device), targets.to(device))
             if not torch.isfinite(loss):
-                raise RanksearchError(f"baseline training diverged (loss {loss.item()}) at step {step}: lower the lr")
+                raise RanksearchError(f"training diverged (loss {loss.item()}) at step {step}: lower the lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -175,7 +175,7 @@ def load_or_train(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RanksearchError(
-            f"cannot create the baseline cache folder {str(path.parent)!r}: {error.strerror}"
+            f"cannot create the trained-model cache folder {str(path.parent)!r}: {error.strerror}"
         ) from None
     if path.exists():
         try:
@@ -183,10 +183,10 @@ def load_or_train(
             model.load_state_dict(stored["state_dict"])
             return model.to(device).eval(), float(stored["accuracy"]), path
         except Exception as error:  # truncated or foreign file: rebuild it
-            warnings.warn(f"baseline cache {path} is unreadable ({error}); retraining", stacklevel=2)
-    log(f"training the baseline {identity.get('model')} on {identity.get('data')} for {settings.epochs} epochs ...")
+            warnings.warn(f"trained-model cache {path} is unreadable ({error}); retraining", stacklevel=2)
+    log(f"training the dense model {identity.get('model')} on {identity.get('data')} for {settings.epochs} epochs ...")
     train(model, train_set, settings, device, log=log)
     accuracy = evaluate_accuracy(model, val_loader, torch.device(device))
     atomic_torch_save({"state_dict": model.state_dict(), "accuracy": accuracy, "identity": full_identity}, path)
-    log(f"baseline accuracy {accuracy:.4f}, saved to {path}")
+    log(f"trained accuracy {accuracy:.4f}, saved to {path}")
     return model, accuracy, path

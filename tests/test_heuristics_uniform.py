@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import ranksearch as rs
-import ranksearch.baselines
-from ranksearch.baselines import uniform_config
+import ranksearch.heuristics
 from ranksearch.evaluator import EvaluatorSettings
+from ranksearch.heuristics import uniform_config
 from ranksearch.models import build_model
 from ranksearch.space import SearchSpace
 from ranksearch.study import RankSearch, param_names
@@ -83,7 +83,7 @@ def test_snap_takes_the_nearest_grid_rank_and_keeps_unknown_layers_dense(tiny_ta
     assert space.snap(layers, rs.CompressionConfig({name: ("cp", 3)}))[name] == ("dense", None)  # cp not allowed
 
 
-def test_baseline_configs_are_enqueued_as_warm_starts(tiny_task):
+def test_heuristic_configs_are_enqueued_as_warm_starts(tiny_task):
     model, train_loader, val_loader = tiny_task
     space = SearchSpace(methods=("dense", "svd", "tucker2"), rank_fractions=(0.25, 0.5))
     baseline = uniform_config(model, fraction=0.5, method="svd", layers=list(space.layers(model)))
@@ -97,8 +97,8 @@ def test_baseline_configs_are_enqueued_as_warm_starts(tiny_task):
     assert all(second.params[param_names(n, "svd")] == 0.5 for n in space.layers(model))
 
 
-def test_baseline_configs_meet_their_budgets(resnet):
-    found = rs.baselines.baseline_configs(resnet, SHAPE, (0.25, 0.5))
+def test_heuristic_configs_meet_their_budgets(resnet):
+    found = rs.heuristics.heuristic_configs(resnet, SHAPE, (0.25, 0.5))
     names = [(name, budget) for name, budget, _ in found]
     assert (
         ("uniform tucker2", 0.25) in names and ("error-balanced svd", 0.5) in names and ("vbmf tucker2", None) in names
@@ -116,7 +116,7 @@ def test_a_study_file_can_warm_start_with_the_baselines(tmp_path, capsys):
 
     path = write_study(tmp_path)
     path.write_text(
-        path.read_text().replace("n_trials = 4", "n_trials = 6\nwarm_start = []\nwarm_start_baselines = [0.5]")
+        path.read_text().replace("n_trials = 4", "n_trials = 6\nwarm_start = []\nwarm_start_heuristics = [0.5]")
     )
     assert main(["run", str(path), "--no-report"]) == 0
     from ranksearch.study import load_results

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import ranksearch as rs
-from ranksearch.baselines._energy import energy_config, energy_rank
-from ranksearch.baselines._vbmf import _evbmf, vbmf_config, vbmf_rank, weaken_rank
 from ranksearch.errors import ConfigError, RanksearchError, UnsupportedLayerError
+from ranksearch.heuristics._energy import energy_config, energy_rank
+from ranksearch.heuristics._vbmf import _evbmf, vbmf_config, vbmf_rank, weaken_rank
 
 SHAPES = [(100, 80), (80, 100), (60, 200), (200, 60), (50, 50)]
 

@@ -1,4 +1,4 @@
-"""The baselines at a set of MACs budgets: the warm starts ``[study] warm_start_baselines`` asks for."""
+"""The baselines at a set of MACs budgets: the warm starts ``[study] warm_start_heuristics`` asks for."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from ._allocation import error_balanced_config
 from ._uniform import uniform_config
 from ._vbmf import vbmf_config
 
-__all__ = ["baseline_configs"]
+__all__ = ["heuristic_configs"]
 
 
-def baseline_configs(
+def heuristic_configs(
     model: nn.Module, input_shape: Sequence[int], budgets: Sequence[float], *, cache: FactorCache | None = None
 ) -> list[tuple[str, float | None, CompressionConfig]]:
     """``(name, budget, config)`` for uniform and error-balanced SVD / Tucker-2 at each MACs budget (a
