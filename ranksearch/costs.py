@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .decompositions import FactorizedLayer
-from .errors import RanksearchError
+from .tracing import ModuleCall, trace_calls
 
 __all__ = ["CostReport", "compare", "count"]
 
@@ -82,61 +82,52 @@ def count(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | 
     state is restored), on the device and dtype of its first parameter unless ``dtype`` is given.
     """
     shape = tuple(int(s) for s in input_shape)
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = dtype or (first.dtype if first is not None else torch.float32)
+    leaves = [name for name, m in model.named_modules() if not list(m.children()) or hasattr(m, "count_macs")]
+    calls = trace_calls(model, shape, leaves, dtype=dtype)
+    table = _layer_table(model, calls)
+    params = sum(p.numel() for p in model.parameters())
+    return CostReport(macs=int(table["macs"].sum()), params=params, table=table, input_shape=shape)
+
+
+def _layer_table(model: nn.Module, calls: Sequence[ModuleCall]) -> pd.DataFrame:
+    """One row per dense or factorized layer with MACs or parameters, in call order (columns ``COLUMNS``).
+
+    A factorized layer's row sums the calls of its inner modules; its parameters are counted once.
+    """
     factorized = [name for name, m in model.named_modules() if isinstance(m, FactorizedLayer)]
-    calls: list[tuple[str, nn.Module, tuple, tuple]] = []
-
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple, output: object) -> None:
-            in_shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
-            out_shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-            calls.append((name, module, in_shape, out_shape))
-
-        return record
-
-    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children()) or hasattr(m, "count_macs")]
-    handles = [m.register_forward_hook(hook(name)) for name, m in leaves]
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(shape, device=device, dtype=dtype))
-    except Exception as error:  # a user model failing on this shape: say so plainly
-        raise RanksearchError(f"the model's forward pass failed on an input of shape {shape}: {error}") from error
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes.items():
-            m.train(training)
-
     rows: dict[str, dict] = {}
     counted: set[int] = set()
-    for name, module, in_shape, out_shape in calls:
-        unit = _unit_of(name, factorized)
+    for call in calls:
+        unit = _unit_of(call.name, factorized)
         row = rows.get(unit)
         if row is None:
             unit_module = model.get_submodule(unit) if unit else model
-            is_factorized = isinstance(unit_module, FactorizedLayer)
-            row = rows[unit] = {
-                "layer": unit,
-                "type": type(unit_module).__name__,
-                "method": unit_module.method if is_factorized else "dense",
-                "rank": unit_module.rank if is_factorized else None,
-                "input_shape": in_shape,
-                "output_shape": out_shape,
-                "macs": 0,
-                "params": 0 if id(unit_module) in counted else _own_params(unit_module),
-            }
-            counted.add(id(unit_module))
-        row["macs"] += module_macs(module, in_shape, out_shape)
-        row["output_shape"] = out_shape
-    table = pd.DataFrame([r for r in rows.values() if r["macs"] or r["params"]], columns=COLUMNS).astype(
+            row = rows[unit] = _new_row(unit, unit_module, call, counted)
+        row["macs"] += module_macs(call.module, call.input_shape, call.output_shape)
+        row["output_shape"] = call.output_shape
+    return pd.DataFrame([r for r in rows.values() if r["macs"] or r["params"]], columns=COLUMNS).astype(
         {"macs": "int64", "params": "int64"}
     )
-    params = sum(p.numel() for p in model.parameters())
-    return CostReport(macs=int(table["macs"].sum()), params=params, table=table, input_shape=shape)
+
+
+def _new_row(unit: str, module: nn.Module, first_call: ModuleCall, counted: set[int]) -> dict:
+    """The row of layer ``unit`` (``module``) at its first call, MACs not yet added.
+
+    Its parameters are counted unless ``module`` already is in ``counted`` (ids), which it is added to.
+    """
+    is_factorized = isinstance(module, FactorizedLayer)
+    params = 0 if id(module) in counted else _own_params(module)
+    counted.add(id(module))
+    return {
+        "layer": unit,
+        "type": type(module).__name__,
+        "method": module.method if is_factorized else "dense",
+        "rank": module.rank if is_factorized else None,
+        "input_shape": first_call.input_shape,
+        "output_shape": first_call.output_shape,
+        "macs": 0,
+        "params": params,
+    }
 
 
 def _own_params(module: nn.Module) -> int:

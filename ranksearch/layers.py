@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from .decompositions import Rank, available_methods, get_method
 
-__all__ = ["LayerInfo", "compressible_layers", "layer_reason", "skipped_layers"]
+__all__ = ["LayerInfo", "compressible_layers", "skipped_layers"]
 
 _CANDIDATE_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
 
@@ -97,11 +97,6 @@ def _own_reason(
     if name in attention_projections:
         return "output projection of nn.MultiheadAttention (the weight is used directly, not the module)"
     return None
-
-
-def layer_reason(model: nn.Module, name: str) -> str | None:
-    """The layer's own reason to be skipped, whatever the method; None if it has none."""
-    return _layer_reasons(model).get(name)
 
 
 def _method_reasons(module: nn.Module) -> dict[str, str | None]:

@@ -203,12 +203,12 @@ def export_onnx(
         path: the ``.onnx`` file to write (its directory must exist); overwritten if present.
         verify: run the file with onnxruntime on ``example_input`` and check every output against torch:
             ``|onnx - torch| <= atol + rtol * |torch|`` elementwise, by default ``rtol=1e-3, atol=1e-4``
-            (float32 reordering gives about 1e-7 on O(1) outputs; a wrong graph gives O(1)). Skipped, with
-            ``max_abs_diff=None``, when onnxruntime is not installed. Some of onnxruntime's CPU kernels
-            (Conv) are float32 only: verify a float32 model.
-        opset: the default-domain ONNX opset; None for torch's default (20 with torch 2.13). torch's
-            exporter emits opset 18 or newer and converts down to an older one it is asked for, logging
-            that it does; if the conversion fails the file keeps 18: ``OnnxExport.opset`` has the real one.
+            (far above float32 reordering, far below a wrong graph). Skipped, with ``max_abs_diff=None``,
+            when onnxruntime is not installed. Some of onnxruntime's CPU kernels (Conv) are float32 only:
+            verify a float32 model.
+        opset: the default-domain ONNX opset; None for torch's default. torch's exporter emits opset 18
+            or newer and converts down to an older one it is asked for, logging that it does; if the
+            conversion fails the file keeps 18: ``OnnxExport.opset`` has the real one.
         dynamic_batch: make dimension 0 of the input (and the outputs) symbolic, so the file runs with
             any batch size. If the model's code fixes the batch size (e.g. ``x.reshape(2, -1)``), torch
             specializes it and the file keeps the example's batch size: see ``OnnxExport.dynamic_batch``.
@@ -224,6 +224,26 @@ def export_onnx(
         OnnxVerificationError: onnxruntime cannot run the file, or its output is out of tolerance.
     """
     start = time.perf_counter()
+    path = _check_arguments(model, example_input, path, rtol=rtol, atol=atol, opset=opset)
+    _require("onnx")
+    _require("onnxscript")
+    ort = _optional("onnxruntime") if verify else None
+    copied = copy.deepcopy(model).eval()
+    expected = _reference_outputs(copied, example_input)
+    program = _export(copied, example_input, path, opset=opset, dynamic_batch=dynamic_batch)
+    return OnnxExport(
+        path=path,
+        opset=program.model.opset_imports.get("", -1),
+        dynamic_batch=_has_dynamic_batch(program),
+        max_abs_diff=None if ort is None else _verify(ort, path, example_input, expected, rtol, atol),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_arguments(
+    model: object, example_input: object, path: object, *, rtol: float, atol: float, opset: object
+) -> Path:
+    """``path`` as a Path, once the arguments of :func:`export_onnx` are checked (an OnnxExportError if not)."""
     if not isinstance(model, nn.Module):
         raise OnnxExportError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor):
@@ -241,14 +261,14 @@ def export_onnx(
         raise OnnxExportError(f"rtol and atol must be >= 0, got rtol={rtol!r}, atol={atol!r}")
     if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 1):
         raise OnnxExportError(f"opset must be a positive int or None, got {opset!r}")
-    _require("onnx")
-    _require("onnxscript")
-    ort = _optional("onnxruntime") if verify else None
+    return path
 
-    copied = copy.deepcopy(model).eval()
+
+def _reference_outputs(model: nn.Module, example_input: torch.Tensor) -> list[torch.Tensor]:
+    """torch's output tensors of ``model`` on ``example_input`` (what onnxruntime's must match)."""
     try:
         with torch.no_grad():
-            expected = _flatten(copied(example_input))
+            return _flatten(model(example_input))
     except OnnxExportError:
         raise
     except Exception as error:
@@ -257,11 +277,16 @@ def export_onnx(
             f"{example_input.dtype}: {type(error).__name__}: {error}"
         ) from error
 
+
+def _export(
+    model: nn.Module, example_input: torch.Tensor, path: Path, *, opset: int | None, dynamic_batch: bool
+) -> torch.onnx.ONNXProgram:
+    """Export ``model`` with torch's exporter and save it to ``path``; torch's error summarized if it fails."""
     batch_dim = {0: torch.export.Dim("batch")} if dynamic_batch and example_input.ndim > 0 else None
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                copied,
+                model,
                 (example_input,),
                 dynamo=True,
                 verbose=False,  # else it prints its progress to stdout
@@ -275,14 +300,10 @@ def export_onnx(
             f"torch.onnx.export failed for {type(model).__name__}: {_summary(error)} (the chained exception has "
             "torch's full report)"
         ) from error
+    return program
 
+
+def _has_dynamic_batch(program: torch.onnx.ONNXProgram) -> bool:
+    """Whether dimension 0 of the exported graph's input is symbolic."""
     graph_input = program.model.graph.inputs[0]
-    dynamic = graph_input.shape is not None and len(graph_input.shape) > 0 and not isinstance(graph_input.shape[0], int)
-    max_abs_diff = None if ort is None else _verify(ort, path, example_input, expected, rtol, atol)
-    return OnnxExport(
-        path=path,
-        opset=program.model.opset_imports.get("", -1),
-        dynamic_batch=dynamic,
-        max_abs_diff=max_abs_diff,
-        seconds=time.perf_counter() - start,
-    )
+    return graph_input.shape is not None and len(graph_input.shape) > 0 and not isinstance(graph_input.shape[0], int)

@@ -1,4 +1,4 @@
-"""ranksearch.browser: headless Chromium renders pages, reports their JavaScript errors, screenshots them."""
+"""ranksearch.render.browser: headless Chromium renders pages, reports their JavaScript errors, screenshots them."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ranksearch import browser
-from ranksearch.browser import BrowserError, BrowserUnavailable, find_chromium, is_blank, render_page, screenshot
+from ranksearch.render import _chromium, browser
+from ranksearch.render.browser import BrowserError, BrowserUnavailable, find_chromium, is_blank, render_page, screenshot
 
 needs_browser = pytest.mark.skipif(
     find_chromium() is None,
     reason="no Chrome/Chromium found: apt-get install chromium, or set RANKSEARCH_CHROMIUM",
 )
+
+pytestmark = pytest.mark.slow  # a real headless Chromium in most tests
+
 PLOT_DIV = re.compile(r'<div[^>]*\bclass="[^"]*\bplotly-graph-div\b[^"]*\bjs-plotly-plot\b')
 
 
@@ -62,14 +65,24 @@ def test_find_chromium_prefers_ranksearch_chromium(monkeypatch):
 def test_find_chromium_searches_path(monkeypatch):
     monkeypatch.delenv("RANKSEARCH_CHROMIUM", raising=False)
     monkeypatch.delenv("BROWSER_PATH", raising=False)
-    monkeypatch.setattr(browser.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "google-chrome" else None)
+    monkeypatch.setattr(_chromium.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "google-chrome" else None)
     assert find_chromium() == "/usr/bin/google-chrome"
+
+
+def test_find_chromium_falls_back_on_kaleidos_lookup(monkeypatch):
+    """Nothing named and nothing on PATH: choreographer's places (kaleido_get_chrome's copy, install paths)."""
+    monkeypatch.delenv("RANKSEARCH_CHROMIUM", raising=False)
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.setattr(_chromium.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_chromium, "_choreographer_lookup", lambda: "/opt/downloaded/chrome")
+    assert find_chromium() == "/opt/downloaded/chrome"
 
 
 def test_no_browser_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv("RANKSEARCH_CHROMIUM", raising=False)
     monkeypatch.delenv("BROWSER_PATH", raising=False)
-    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_chromium.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_chromium, "_choreographer_lookup", lambda: None)
     assert find_chromium() is None
     page = _write(tmp_path / "page.html", "<p>hi</p>")
     with pytest.raises(BrowserUnavailable, match=r"no Chrome/Chromium found: install .*apt-get install chromium"):

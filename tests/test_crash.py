@@ -10,11 +10,11 @@ import time
 
 import optuna
 import pytest
-from test_run import write_study  # tests/ is on sys.path (pytest's prepend import mode)
+from _helpers import write_study  # tests/ is on sys.path (pytest's prepend import mode)
 
 from ranksearch.cli import main
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")]
 
 
 def test_a_killed_worker_loses_no_finished_trial_and_its_trial_fails_on_resume(tmp_path, capsys):

@@ -5,15 +5,19 @@ from __future__ import annotations
 import io
 import re
 
+import plotly.graph_objects as go
 import pytest
-from test_report import make_results, record  # tests/ is on sys.path (pytest's prepend import mode)
+from _records import NUMERIC_NAMES, make_results, numeric_named_results, record  # tests/ is on sys.path
 
-from ranksearch.browser import find_chromium, is_blank, render_page
+from ranksearch.render.browser import find_chromium, is_blank, render_page
 from ranksearch.report import figures, write_report
 
-pytestmark = pytest.mark.skipif(
-    find_chromium() is None, reason="no Chrome/Chromium found: apt-get install chromium, or set RANKSEARCH_CHROMIUM"
-)
+pytestmark = [
+    pytest.mark.slow,  # a real browser renders the whole dashboard
+    pytest.mark.skipif(
+        find_chromium() is None, reason="no Chrome/Chromium found: apt-get install chromium, or set RANKSEARCH_CHROMIUM"
+    ),
+]
 
 
 def test_the_dashboard_renders_every_figure_without_javascript_errors(tmp_path):
@@ -35,3 +39,23 @@ def test_the_dashboard_renders_every_figure_without_javascript_errors(tmp_path):
 
     width, height = Image.open(io.BytesIO(page.screenshot)).size
     assert width == 1400 and height > 3000  # the full page, all figures stacked
+
+
+def test_numeric_looking_layer_names_are_drawn_as_written(tmp_path):
+    """The heatmap's layer ticks and the parallel-coordinates axis titles read "0.0", "3", "10", not 0, 2, 4...
+
+    Without the template (whose autotypenumbers="strict" would hide a missing category type), so that
+    the figure's own axis type is what is checked.
+    """
+    figs = figures(numeric_named_results())
+    drawn = {}
+    for name in ("layers", "parallel"):
+        fig = go.Figure(figs[name]).update_layout(template=None)
+        fig.write_html(tmp_path / f"{name}.html", include_plotlyjs=True)
+        page = render_page(tmp_path / f"{name}.html", width=900, height=500)
+        assert page.errors == []
+        drawn[name] = page.dom
+    ticks = re.findall(r'<g class="xtick">.*?<text[^>]*>([^<]*)</text>', drawn["layers"])
+    assert ticks == list(NUMERIC_NAMES)
+    titles = re.findall(r'<text[^>]*class="axis-title"[^>]*>([^<]*)</text>', drawn["parallel"])
+    assert titles == [*NUMERIC_NAMES, "accuracy"]

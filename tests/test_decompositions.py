@@ -1,34 +1,72 @@
-"""Contract tests run over every registered method and every layer geometry it supports."""
+"""Contract tests run over every registered method and every layer geometry it supports.
+
+Nothing here names the methods a contract test runs on: the (method, case) pairs come from the registry
+and per-method facts from the method's own attributes (``nested``, ``exact_at_max_rank``,
+``exact_recovery_tolerance``) and hooks (``exact_low_rank_example``). The last tests register a
+throwaway method and run every contract test on it, so a new method is covered with no test of its own.
+"""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
+import pkgutil
+import re
+from collections.abc import Callable, Sequence
 
 import pytest
 import tensorly as tl
 import torch
-from conftest import CONV_CASES, LINEAR_CASES, make_layer
+from _helpers import CONV_CASES, LINEAR_CASES, make_layer, method_case_pairs, mid_rank, supported_cases
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import ranksearch as rs
-from ranksearch.decompositions import Decomposition, available_methods, get_method, relative_error
+import ranksearch.decompositions as decompositions
+from ranksearch.decompositions import (
+    Cost,
+    Decomposition,
+    FactorizedLayer,
+    Rank,
+    available_methods,
+    get_method,
+    relative_error,
+    unregister,
+)
 from ranksearch.decompositions._base import check_rank_tuple
 
-CASES = [*CONV_CASES, *LINEAR_CASES]
-PAIRS = [
-    (method, case)
-    for method in available_methods()
-    for case in CASES
-    if get_method(method).unsupported_reason(make_layer(case)[0]) is None
-]
+PAIRS = method_case_pairs()
+
+# Every contract test, with the selection of (method, case) it applies to; the throwaway method runs them all.
+CONTRACT: list[tuple[Callable[..., None], Callable[[Decomposition, str], bool]]] = []
 
 
-def mid_rank(method: Decomposition, layer: nn.Module):
-    """A rank about half of the maximum in every component."""
-    top = method.max_rank(layer)
-    return max(1, top // 2) if isinstance(top, int) else tuple(max(1, r // 2) for r in top)
+def contract(applies: Callable[[Decomposition, str], bool] = lambda method, case: True):
+    """Parametrize a ``test(method_name, case)`` over the registered pairs it ``applies`` to, and record it."""
+
+    def decorate(test: Callable[..., None]) -> Callable[..., None]:
+        CONTRACT.append((test, applies))
+        pairs = [(m, c) for m, c in PAIRS if applies(get_method(m), c)]
+        return pytest.mark.parametrize(("method_name", "case"), pairs)(test)
+
+    return decorate
+
+
+def first_supported_case(method: Decomposition, case: str) -> bool:
+    """Select one case per method, for the tests whose subject is the method rather than the geometry."""
+    return case == supported_cases(method)[0]
+
+
+def export_cases(method: Decomposition, case: str) -> bool:
+    """One conv and one linear case per method (where it takes them), rotating over the geometries."""
+    index = available_methods().index(method.name)
+    picks = []
+    for group in (CONV_CASES, LINEAR_CASES):
+        mine = [c for c in supported_cases(method) if c in group]
+        if mine:
+            picks.append(mine[index % len(mine)])
+    return case in picks
 
 
 def factorize(method: Decomposition, layer: nn.Module, rank):
@@ -44,10 +82,18 @@ def with_weight(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
 
 
 def test_every_method_is_covered_by_some_case():
-    assert set(available_methods()) == {m for m, _ in PAIRS} == {"svd", "tucker2", "tucker2_hooi", "cp", "tt"}
+    assert available_methods() and {m for m, _ in PAIRS} == set(available_methods())
 
 
-@pytest.mark.parametrize(("method_name", "case"), PAIRS)
+def test_every_module_of_the_package_registers_its_method():
+    """A method file that ``decompositions/__init__.py`` forgets to import would never be registered."""
+    registered = {type(get_method(m)).__module__ for m in available_methods()}
+    for module in pkgutil.iter_modules(decompositions.__path__):
+        if not module.name.startswith("_"):
+            assert f"{decompositions.__name__}.{module.name}" in registered, f"{module.name}.py registers no method"
+
+
+@contract()
 def test_factorized_layer_equals_dense_layer_with_reconstructed_weight(method_name, case):
     """The built chain computes exactly the conv/linear of the weight its factors represent (float64)."""
     layer, x = make_layer(case)
@@ -59,7 +105,7 @@ def test_factorized_layer_equals_dense_layer_with_reconstructed_weight(method_na
     assert isinstance(built, rs.FactorizedLayer) and built.method == method_name and built.rank == rank
 
 
-@pytest.mark.parametrize(("method_name", "case"), PAIRS)
+@contract()
 def test_reported_cost_equals_built_module_and_flop_counter(method_name, case):
     """params = parameters of the built module; MACs = torch FlopCounterMode's FLOPs / 2."""
     layer, x = make_layer(case)
@@ -77,7 +123,7 @@ def test_reported_cost_equals_built_module_and_flop_counter(method_name, case):
         assert cost.flops == 2 * cost.macs
 
 
-@pytest.mark.parametrize(("method_name", "case"), [p for p in PAIRS if p[1] in ("rect-stride-bias", "linear-bias")])
+@contract(lambda method, case: case in ("rect-stride-bias", "linear-bias"))
 def test_reported_macs_equal_fvcore(method_name, case):
     """fvcore counts one multiply-add as one flop: its total is our MACs."""
     from fvcore.nn import FlopCountAnalysis
@@ -90,7 +136,7 @@ def test_reported_macs_equal_fvcore(method_name, case):
     assert analysis.total() == method.cost(layer, rank, x.shape).macs
 
 
-@pytest.mark.parametrize(("method_name", "case"), [p for p in PAIRS if p[0] in ("svd", "tucker2", "tucker2_hooi")])
+@contract(lambda method, case: method.exact_at_max_rank)
 def test_full_rank_reproduces_dense_layer(method_name, case):
     method = get_method(method_name)
     for dtype, tolerance in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
@@ -100,7 +146,7 @@ def test_full_rank_reproduces_dense_layer(method_name, case):
         assert relative_error(expected, out) < tolerance
 
 
-@pytest.mark.parametrize(("method_name", "case"), [p for p in PAIRS if p[0] in ("svd", "tucker2")])
+@contract(lambda method, case: method.nested)
 def test_weight_error_never_increases_with_rank(method_name, case):
     layer, _ = make_layer(case)
     method = get_method(method_name)
@@ -108,55 +154,32 @@ def test_weight_error_never_increases_with_rank(method_name, case):
     top = method.max_rank(layer)
     if isinstance(top, int):
         ranks = list(range(1, top + 1))
-    else:  # grow one component at a time, then the other
-        ranks = [(r, 1) for r in range(1, top[0] + 1)] + [(top[0], r) for r in range(1, top[1] + 1)]
+    else:  # grow one component at a time, from all ones up to the maximum
+        ranks = [
+            tuple(top[:k]) + (r,) + (1,) * (len(top) - k - 1) for k in range(len(top)) for r in range(1, top[k] + 1)
+        ]
     errors = [cache.relative_error(layer, method, method.canonical_rank(layer, r)) for r in ranks]
     assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(errors))
-    assert errors[-1] < 1e-12
+    if method.exact_at_max_rank:
+        assert errors[-1] < 1e-12
 
 
-def _exact_low_rank_weight(method_name: str, layer: nn.Module, seed: int) -> tuple[torch.Tensor, object]:
-    """A weight of the layer's shape that is exactly representable at the returned rank."""
-    g = torch.Generator().manual_seed(seed)
-    shape = layer.weight.shape
-
-    def rand(*s):
-        return torch.randn(*s, generator=g, dtype=torch.float64)
-
-    if method_name == "svd":
-        return (rand(shape[0], 3) @ rand(3, layer.weight[0].numel())).reshape(shape), 3
-    if method_name in ("tucker2", "tucker2_hooi"):
-        core = rand(3, 2, *shape[2:])
-        return torch.einsum("abhw,oa,ib->oihw", core, rand(shape[0], 3), rand(shape[1], 2)), (3, 2)
-    if method_name == "cp":
-        factors = [rand(n, 3) for n in shape]
-        return torch.einsum("or,ir,hr,wr->oihw", *factors), 3
-    if method_name == "tt" and isinstance(layer, nn.Linear):
-        method = get_method("tt")
-        ranks = (2, 2)
-        cores = method.factorize(layer, method.canonical_rank(layer, ranks), None)
-        cores = tuple(rand(*c.shape) for c in cores)
-        return method.reconstruct(layer, cores), ranks
-    o, i, kh, kw = shape
-    ranks = (2, 2, 2)
-    cores = rand(i, 2), rand(2, kh, 2), rand(2, kw, 2), rand(2, o)
-    return torch.einsum("ia,ahb,bwc,co->oihw", *cores), ranks
-
-
-@pytest.mark.parametrize("seed", [1, 1234])
-@pytest.mark.parametrize(("method_name", "case"), PAIRS)
-def test_exact_low_rank_weight_is_recovered(method_name, case, seed):
-    layer, _ = make_layer(case)
-    weight, rank = _exact_low_rank_weight(method_name, layer, seed)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
+@contract()
+def test_exact_low_rank_weight_is_recovered(method_name, case):
+    """Each method's own exact low-rank example is recovered at its rank, for two seeds."""
     method = get_method(method_name)
-    rank, factors = factorize(method, layer, rank)
-    tolerance = 1e-3 if method_name == "cp" else 1e-7 if method_name == "tucker2_hooi" else 1e-9
-    assert relative_error(weight, method.reconstruct(layer, factors)) < tolerance
+    for seed in (1, 1234):
+        layer, _ = make_layer(case)
+        weight, rank = method.exact_low_rank_example(layer, seed)
+        assert weight.shape == layer.weight.shape and weight.dtype == torch.float64
+        torch.testing.assert_close(method.exact_low_rank_example(layer, seed)[0], weight, rtol=0, atol=0)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        rank, factors = factorize(method, layer, rank)
+        assert relative_error(weight, method.reconstruct(layer, factors)) < method.exact_recovery_tolerance
 
 
-@pytest.mark.parametrize(("method_name", "case"), PAIRS)
+@contract()
 def test_factorization_is_deterministic(method_name, case):
     layer, _ = make_layer(case, dtype=torch.float32)
     method = get_method(method_name)
@@ -167,24 +190,50 @@ def test_factorization_is_deterministic(method_name, case):
         assert torch.equal(a, b)
 
 
-def test_tensorly_backend_is_left_as_the_user_set_it():
-    layer, _ = make_layer("3x3")
+@contract(first_supported_case)
+def test_tensorly_backend_is_left_as_the_user_set_it(method_name, case):
+    layer, _ = make_layer(case)
     tl.set_backend("numpy")
-    for method in available_methods():
-        factorize(get_method(method), layer, 2)
+    factorize(get_method(method_name), layer, 2)
     assert tl.get_backend() == "numpy"
 
 
-def test_half_precision_layers_keep_their_dtype():
-    layer, x = make_layer("3x3", dtype=torch.float32)
+@contract(first_supported_case)
+def test_half_precision_layers_keep_their_dtype(method_name, case):
+    layer, x = make_layer(case, dtype=torch.float32)
     reference = layer(x)
     layer, x = layer.to(torch.bfloat16), x.to(torch.bfloat16)
-    for name in available_methods():
-        method = get_method(name)
-        built = method.build(layer, factorize(method, layer, method.max_rank(layer))[1])
-        assert all(p.dtype == torch.bfloat16 for p in built.parameters())
-        if name in ("svd", "tucker2"):  # full rank: close to the float32 layer, at bf16 precision
-            assert relative_error(reference, built(x).float()) < 0.05
+    method = get_method(method_name)
+    built = method.build(layer, factorize(method, layer, method.max_rank(layer))[1])
+    assert all(p.dtype == torch.bfloat16 for p in built.parameters())
+    if method.exact_at_max_rank:  # full rank: close to the float32 layer, at bf16 precision
+        assert relative_error(reference, built(x).float()) < 0.05
+
+
+@contract(first_supported_case)
+def test_bad_ranks_are_rejected_with_the_range(method_name, case):
+    layer, _ = make_layer(case)
+    for bad in (0, -1, "3", 2.5, True, None):
+        with pytest.raises(rs.ConfigError, match=r"must be an int|outside \[1, "):
+            get_method(method_name).canonical_rank(layer, bad)
+
+
+@contract(export_cases)
+def test_built_modules_train_and_export(method_name, case):
+    """Factorized modules are ordinary modules: gradients flow and torch.export captures them."""
+    layer, x = make_layer(case, dtype=torch.float32)
+    method = get_method(method_name)
+    built = method.build(layer, factorize(method, layer, mid_rank(method, layer))[1])
+    built(x).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in built.parameters())
+    exported = torch.export.export(built, (x,))
+    torch.testing.assert_close(exported.module()(x), built(x))
+
+
+def test_rank_above_maximum_names_the_maximum():
+    layer, _ = make_layer("3x3")  # 8 x 6 x 3 x 3: svd max rank 8
+    with pytest.raises(rs.ConfigError, match=r"rank 9 is outside \[1, 8\]"):
+        get_method("svd").canonical_rank(layer, 9)
 
 
 def test_tuple_ranks_clip_an_int_per_component_and_reject_bad_forms():
@@ -198,52 +247,147 @@ def test_tuple_ranks_clip_an_int_per_component_and_reject_bad_forms():
         check_rank_tuple((1, 4), (8, 3))
 
 
-@pytest.mark.parametrize("method_name", ["svd", "tucker2", "tucker2_hooi", "cp", "tt"])
-@pytest.mark.parametrize("bad", [0, -1, "3", 2.5, True, None])
-def test_bad_ranks_are_rejected_with_the_range(method_name, bad):
-    layer, _ = make_layer("3x3")
-    with pytest.raises(rs.ConfigError, match=r"must be an int|outside \[1, "):
-        get_method(method_name).canonical_rank(layer, bad)
-
-
-def test_rank_above_maximum_names_the_maximum():
-    layer, _ = make_layer("3x3")  # 8 x 6 x 3 x 3: svd max rank 8
-    with pytest.raises(rs.ConfigError, match=r"rank 9 is outside \[1, 8\]"):
-        get_method("svd").canonical_rank(layer, 9)
-
-
-def test_registry_finds_by_name_or_instance_and_refuses_duplicates():
-    svd = get_method("svd")
-    assert get_method(svd) is svd
-    with pytest.raises(rs.ConfigError, match="unknown method 'svdd'; available: cp, svd, tt, tucker2, tucker2_hooi"):
-        get_method("svdd")
-    with pytest.raises(RuntimeError, match="already registered"):
-
-        class Again(Decomposition, name="svd"):  # pragma: no cover - refused at class creation
-            pass
-
-
-@pytest.mark.parametrize(
-    ("method_name", "case"),
-    [("svd", "rect-stride-bias"), ("tucker2", "3x3"), ("cp", "circular"), ("tt", "linear-bias")],
-)
-def test_built_modules_train_and_export(method_name, case):
-    """Factorized modules are ordinary modules: gradients flow and torch.export captures them."""
-    layer, x = make_layer(case, dtype=torch.float32)
-    method = get_method(method_name)
-    built = method.build(layer, factorize(method, layer, mid_rank(method, layer))[1])
-    built(x).square().sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in built.parameters())
-    exported = torch.export.export(built, (x,))
-    torch.testing.assert_close(exported.module()(x), built(x))
-
-
-@pytest.mark.parametrize(
-    "case", [c for c in CONV_CASES if get_method("tucker2").unsupported_reason(make_layer(c)[0]) is None]
-)
+@pytest.mark.parametrize("case", supported_cases("tucker2"))
 def test_hooi_refines_the_truncated_hosvd(case):
     layer, _ = make_layer(case)
     cache = rs.FactorCache()
     rank = mid_rank(get_method("tucker2"), layer)
     hosvd, hooi = (cache.relative_error(layer, m, rank) for m in ("tucker2", "tucker2_hooi"))
     assert hooi <= hosvd + 1e-12
+
+
+# --- the registry ------------------------------------------------------------------------------------
+
+
+def test_registry_finds_by_name_or_instance_and_refuses_duplicates():
+    svd = get_method("svd")
+    assert get_method(svd) is svd
+    available = re.escape(", ".join(available_methods()))
+    with pytest.raises(rs.ConfigError, match=f"^unknown method 'svdd'; available: {available}$"):
+        get_method("svdd")
+    with pytest.raises(RuntimeError, match="already registered"):
+
+        class Again(Decomposition, name="svd"):  # pragma: no cover - refused at class creation
+            pass
+
+    assert get_method("svd") is svd
+
+
+THROWAWAY = "throwaway_svd"
+
+
+def register_throwaway() -> type[Decomposition]:
+    """Define (and so register) a minimal method: truncated SVD of Linear weights, in plain torch.
+
+    It is all a new method's author writes: the hooks, its attributes and its exact low-rank example.
+    """
+
+    class ThrowawaySVD(Decomposition, name=THROWAWAY):
+        nested = True  # every rank slices one SVD
+
+        def unsupported_reason(self, module: nn.Module) -> str | None:
+            return None if isinstance(module, nn.Linear) else f"{type(module).__name__} is not supported (Linear only)"
+
+        def max_rank(self, module: nn.Module) -> int:
+            return min(module.weight.shape)
+
+        def prepare(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+            u, s, vh = torch.linalg.svd(module.weight.detach().double(), full_matrices=False)
+            return u * s, vh  # (O, K), (K, I)
+
+        def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> tuple[torch.Tensor, ...]:
+            left, right = prepared
+            dtype = module.weight.dtype
+            return left[:, :rank].to(dtype), right[:rank].to(dtype)
+
+        def reconstruct(self, module: nn.Module, factors: Sequence[torch.Tensor]) -> torch.Tensor:
+            left, right = factors
+            return left @ right
+
+        def build(self, module: nn.Module, factors: Sequence[torch.Tensor]) -> FactorizedLayer:
+            left, right = factors
+            first = nn.Linear(right.shape[1], right.shape[0], bias=False, dtype=module.weight.dtype)
+            second = nn.Linear(left.shape[1], left.shape[0], bias=module.bias is not None, dtype=module.weight.dtype)
+            with torch.no_grad():
+                first.weight.copy_(right)
+                second.weight.copy_(left)
+                if module.bias is not None:
+                    second.bias.copy_(module.bias)
+            return FactorizedLayer(first, second, method=self.name, rank=left.shape[1])
+
+        def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
+            out_features, in_features = module.weight.shape
+            rows = torch.Size(input_shape).numel() // in_features
+            bias = 0 if module.bias is None else out_features
+            return Cost(rows * rank * (in_features + out_features), rank * (in_features + out_features) + bias)
+
+        def exact_low_rank_example(self, module: nn.Module, seed: int = 0) -> tuple[torch.Tensor, Rank]:
+            generator = torch.Generator().manual_seed(seed)
+            out_features, in_features = module.weight.shape
+            left, right = (
+                torch.randn(*s, generator=generator, dtype=torch.float64) for s in ((out_features, 2), (2, in_features))
+            )
+            return left @ right, 2
+
+    return ThrowawaySVD
+
+
+@pytest.fixture
+def throwaway():
+    """The throwaway method's name, registered for the length of one test."""
+    register_throwaway()
+    try:
+        yield THROWAWAY
+    finally:
+        unregister(THROWAWAY)
+
+
+def test_a_method_registered_later_is_held_to_every_contract_test(throwaway):
+    assert throwaway in available_methods() and throwaway not in {m for m, _ in PAIRS}  # absent at collection
+    pairs = [(m, c) for m, c in method_case_pairs() if m == throwaway]
+    assert [c for _, c in pairs] == list(LINEAR_CASES)  # the registry-driven pairs pick it up, Linear only
+    per_method = {
+        name
+        for name, test in globals().items()
+        if name.startswith("test_") and "method_name" in inspect.signature(test).parameters
+    }
+    assert per_method == {test.__name__ for test, _ in CONTRACT}  # every per-method test here is a contract test
+    method = get_method(throwaway)
+    for test, applies in CONTRACT:
+        ran = [case for _, case in pairs if applies(method, case)]
+        for case in ran:
+            test(throwaway, case)
+        assert ran, f"{test.__name__} does not apply to the throwaway method"
+
+
+def test_an_unregistered_method_is_an_unknown_name():
+    cls = register_throwaway()
+    try:
+        assert get_method(THROWAWAY).name == THROWAWAY
+        with pytest.raises(RuntimeError, match="already registered"):
+            register_throwaway()
+    finally:
+        removed = unregister(THROWAWAY)
+    assert type(removed) is cls and THROWAWAY not in available_methods()
+    available = re.escape(", ".join(available_methods()))
+    message = f"unknown method '{THROWAWAY}'; available: {available}"
+    with pytest.raises(rs.ConfigError, match=f"^{message}$"):
+        get_method(THROWAWAY)
+    with pytest.raises(rs.ConfigError, match=f"^{message}$"):
+        unregister(THROWAWAY)
+    with pytest.raises(rs.ConfigError, match=f"layer 'fc': {message} or 'dense'$"):
+        rs.CompressionConfig({"fc": (THROWAWAY, 2)})
+    with pytest.raises(TypeError, match="takes a method name"):
+        unregister(get_method("svd"))
+    register_throwaway()  # the name is free again
+    unregister(THROWAWAY)
+
+
+def test_a_method_without_an_exact_low_rank_example_says_what_is_missing():
+    cls = register_throwaway()
+    try:
+        del cls.exact_low_rank_example
+        with pytest.raises(NotImplementedError, match=f"{THROWAWAY!r} .*does not implement exact_low_rank_example"):
+            get_method(THROWAWAY).exact_low_rank_example(make_layer("linear-bias")[0], 0)
+    finally:
+        unregister(THROWAWAY)

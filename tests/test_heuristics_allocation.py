@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import ranksearch as rs
+from ranksearch.heuristics import energy_config, uniform_config, vbmf_config
 from ranksearch.heuristics._allocation import error_balanced_allocation, error_balanced_config
 from ranksearch.latency import layer_inputs
 
@@ -245,7 +246,7 @@ def test_cached_decompositions_are_reused_across_budgets(model):
         (dict(grid=0), r"grid must be a positive int"),
         (dict(input_shape=(1, 3, 0, 16)), r"input_shape must be a sequence of positive ints"),
         (dict(layers=["conv9"]), r"unknown layer 'conv9'.*did you mean"),
-        (dict(layers="conv1"), r"layers must be an iterable of layer names, not the string 'conv1'"),
+        (dict(layers="conv1"), r"layers must be a collection of layer names, got the string 'conv1'"),
         (dict(layers=[]), r"layers is empty"),
         (dict(layers=["fc"], method="tucker2"), r"layer 'fc': method 'tucker2' does not support it"),
     ],
@@ -259,5 +260,33 @@ def test_bad_arguments_are_named(model, kwargs, message):
 
 def test_model_without_supported_layers_is_an_error():
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
-    with pytest.raises(rs.ConfigError, match="no layer of the model can be compressed by 'tucker2'"):
+    with pytest.raises(rs.ConfigError, match="no layer of the model supports method 'tucker2'"):
         error_balanced_allocation(net, 0.5, input_shape=(1, 12), method="tucker2")
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        (["conv9"], r"unknown layer 'conv9': the model has no such module; did you mean .*'conv1'"),
+        (["fc"], r"layer 'fc': method 'tucker2' does not support it"),
+        ("conv1", r"layers must be a collection of layer names, got the string 'conv1'"),
+        ([], r"layers is empty"),
+    ],
+)
+def test_every_heuristic_checks_its_layers_alike(model, layers, message):
+    makers = (
+        lambda: error_balanced_allocation(model, 0.5, input_shape=SHAPE, method="tucker2", layers=layers),
+        lambda: uniform_config(model, fraction=0.5, method="tucker2", layers=layers),
+        lambda: energy_config(model, 0.9, method="tucker2", layers=layers),
+        lambda: vbmf_config(model, method="tucker2", layers=layers),
+    )
+    for make in makers:
+        with pytest.raises(rs.ConfigError, match=message):
+            make()
+
+
+def test_named_layers_are_taken_once_in_model_order(model):
+    config = uniform_config(model, fraction=0.5, layers=["fc", "conv1", "fc"])
+    assert list(config) == ["conv1", "fc"]
+    allocation = error_balanced_allocation(model, 0.9, input_shape=SHAPE, layers=["fc", "conv1", "fc"])
+    assert list(allocation.layers) == ["conv1", "fc"]

@@ -10,8 +10,9 @@ import ranksearch.heuristics
 from ranksearch.evaluator import EvaluatorSettings
 from ranksearch.heuristics import uniform_config
 from ranksearch.models import build_model
+from ranksearch.record import param_name
 from ranksearch.space import SearchSpace
-from ranksearch.study import RankSearch, param_names
+from ranksearch.study import RankSearch
 
 SHAPE = (1, 3, 32, 32)
 
@@ -56,10 +57,10 @@ def test_a_params_target(resnet):
         ({"cost_fraction": 0.5, "input_shape": SHAPE, "cost": "flops"}, "cost must be 'macs' or 'params'"),
         ({"cost_fraction": 0.001, "input_shape": SHAPE}, r"cannot reach macs 0.001 of dense; the least is 0\.\d+"),
         ({"fraction": 0.5, "method": "svd9"}, "unknown method 'svd9'"),
-        ({"fraction": 0.5, "layers": ["nope"]}, "'nope' is not a compressible layer"),
+        ({"fraction": 0.5, "layers": ["nope"]}, "unknown layer 'nope': the model has no such module"),
         (
             {"fraction": 0.5, "method": "cp", "layers": ["fc"]},
-            "layer .fc. does not support method .cp.",
+            "layer 'fc': method 'cp' does not support it",
         ),
     ],
 )
@@ -93,8 +94,8 @@ def test_heuristic_configs_are_enqueued_as_warm_starts(tiny_task):
     )  # fmt: skip
     search.optimize(2, show_progress=False)
     second = search.completed_trials()[1]  # after the dense model
-    assert all(second.params[param_names(n)] == "svd" for n in space.layers(model))
-    assert all(second.params[param_names(n, "svd")] == 0.5 for n in space.layers(model))
+    assert all(second.params[param_name(n)] == "svd" for n in space.layers(model))
+    assert all(second.params[param_name(n, "svd")] == 0.5 for n in space.layers(model))
 
 
 def test_heuristic_configs_meet_their_budgets(resnet):
@@ -110,7 +111,7 @@ def test_heuristic_configs_meet_their_budgets(resnet):
 
 
 def test_a_study_file_can_warm_start_with_the_baselines(tmp_path, capsys):
-    from test_run import write_study  # tests/ is on sys.path (pytest's prepend import mode)
+    from _helpers import write_study  # tests/ is on sys.path (pytest's prepend import mode)
 
     from ranksearch.cli import main
 

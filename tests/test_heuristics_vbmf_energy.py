@@ -227,7 +227,8 @@ def test_layers_restricts_the_config(net):
     assert vbmf_config(net, method="svd", layers=["fc", "conv2"]) == expected("svd", {"fc", "conv2"})
     assert list(energy_config(net, 0.999, layers=["fc", "conv2"])) == ["conv2", "fc"]  # model order
     assert energy_config(net, 0.999, method="tucker2", layers=["conv2"]) == expected("tucker2", {"conv2"})
-    assert len(vbmf_config(net, layers=[])) == 0
+    with pytest.raises(ConfigError, match="layers is empty"):
+        vbmf_config(net, layers=[])
 
 
 def test_a_pure_noise_layer_gets_rank_one():

@@ -11,15 +11,17 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 
-from ranksearch import images
 from ranksearch.errors import RanksearchError
-from ranksearch.images import (
+from ranksearch.render import browser, images
+from ranksearch.render.images import (
     FORMATS,
     ImageExportError,
     StaticExportUnavailable,
     static_export_unavailable,
     write_images,
 )
+
+pytestmark = pytest.mark.slow  # kaleido drives a real browser
 
 UNAVAILABLE = static_export_unavailable()
 needs_export = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no static export here: {UNAVAILABLE}")
@@ -193,35 +195,57 @@ def test_without_kaleido_the_reason_is_the_pip_hint(tmp_path: Path, monkeypatch:
 
 @needs_kaleido
 def test_without_chrome_the_reason_is_the_chromium_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(images, "_find_chrome", lambda: None)
+    monkeypatch.setattr(images, "find_chromium", lambda: None)
     hint = "static images need Chrome/Chromium: apt-get install chromium (or set BROWSER_PATH)"
     assert static_export_unavailable() == hint
     with pytest.raises(StaticExportUnavailable, match=r"^static images need Chrome/Chromium: apt-get install chromium"):
         write_images(_figures(), tmp_path)
 
 
+def test_images_and_the_browser_use_one_finder() -> None:
+    assert images.find_chromium is browser.find_chromium
+    assert images._kaleido_options("/opt/chrome/chrome")["path"] == "/opt/chrome/chrome"  # handed to kaleido
+
+
 @needs_kaleido
-def test_browser_path_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("var", ["BROWSER_PATH", "RANKSEARCH_CHROMIUM"])
+def test_a_browser_named_by_the_environment_is_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, var: str
+) -> None:
     missing = str(tmp_path / "no-such-chrome")
-    monkeypatch.setenv("BROWSER_PATH", missing)
-    assert images._find_chrome() == missing  # kaleido's own lookup takes BROWSER_PATH as it is
+    monkeypatch.delenv("RANKSEARCH_CHROMIUM", raising=False)
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.setenv(var, missing)
+    assert images.find_chromium() == missing  # taken as it is
     assert static_export_unavailable() == (
-        f"static images need Chrome/Chromium, but BROWSER_PATH={missing!r} is not an executable file"
+        f"static images need Chrome/Chromium, but {var}={missing!r} is not an executable file"
     )
-    with pytest.raises(StaticExportUnavailable, match="BROWSER_PATH="):
+    with pytest.raises(StaticExportUnavailable, match=f"{var}="):
         write_images(_figures(), tmp_path)
-    if UNAVAILABLE is None:  # a real browser given by BROWSER_PATH is accepted
-        monkeypatch.delenv("BROWSER_PATH")
-        monkeypatch.setenv("BROWSER_PATH", str(images._find_chrome()))
+    if UNAVAILABLE is None:  # a real browser named by the variable is accepted
+        monkeypatch.delenv(var)
+        monkeypatch.setenv(var, str(images.find_chromium()))
         assert static_export_unavailable() is None
+
+
+def test_ranksearch_chromium_comes_before_browser_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANKSEARCH_CHROMIUM", str(tmp_path / "mine"))
+    monkeypatch.setenv("BROWSER_PATH", "/bin/sh")
+    assert images.find_chromium() == str(tmp_path / "mine")
+    if _kaleido_installed():
+        assert "RANKSEARCH_CHROMIUM=" in str(static_export_unavailable())
 
 
 @needs_kaleido
 @pytest.mark.skipif(not os.access("/bin/false", os.X_OK), reason="needs /bin/false")
+@pytest.mark.parametrize("var", ["BROWSER_PATH", "RANKSEARCH_CHROMIUM"])
 def test_a_browser_that_does_not_start_is_unavailable_not_a_crash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, var: str
 ) -> None:
-    monkeypatch.setenv("BROWSER_PATH", "/bin/false")
+    # with RANKSEARCH_CHROMIUM, which kaleido does not read, this also shows kaleido launches the browser we found
+    monkeypatch.delenv("RANKSEARCH_CHROMIUM", raising=False)
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.setenv(var, "/bin/false")
     assert static_export_unavailable() is None  # it exists: only starting it tells
     with pytest.raises(StaticExportUnavailable, match=r"^static images need a working Chrome/Chromium, but /bin/false"):
         write_images(_figures(), tmp_path)
@@ -236,7 +260,7 @@ def test_importing_kaleido_survives_a_command_line_it_would_misparse() -> None:
     code = (
         f"import sys, types; pkg = types.ModuleType('ranksearch'); pkg.__path__ = [{str(package)!r}]; "
         "sys.modules['ranksearch'] = pkg; sys.argv[1:] = ['--log', 'x']; "
-        "from ranksearch import images; images._import_kaleido(); print(sys.argv[1:])"
+        "from ranksearch.render import images; images._import_kaleido(); print(sys.argv[1:])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, "['--log', 'x']"), done.stderr

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import ranksearch as rs
-from ranksearch.apply import apply_resolved
+from ranksearch.compress import apply_resolved
 from ranksearch.errors import RanksearchError
 from ranksearch.latency import (
     LatencyEstimator,

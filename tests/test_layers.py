@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 import ranksearch as rs
+from ranksearch.decompositions import available_methods, get_method
 from ranksearch.models import resnet20, small_cnn
 
 
@@ -33,17 +34,18 @@ def test_zoo_reasons():
     model = Zoo()
     layers, skipped = rs.compressible_layers(model), rs.skipped_layers(model)
     assert set(layers) == {"conv", "pointwise", "head"}
-    assert layers["conv"].methods == ("cp", "svd", "tt", "tucker2", "tucker2_hooi")
-    assert layers["pointwise"].methods == ("svd",)
+    for name, info in layers.items():  # every registered method is either offered or refused with its reason
+        module = model.get_submodule(name)
+        reasons = {m: get_method(m).unsupported_reason(module) for m in available_methods()}
+        assert info.methods == tuple(m for m, reason in reasons.items() if reason is None)
+        assert info.unsupported == {m: reason for m, reason in reasons.items() if reason is not None}
+        assert info.max_ranks == {m: get_method(m).max_rank(module) for m in info.methods}
+    # the built-in methods' answers for these layers
+    assert "svd" in layers["pointwise"].methods and "tucker2" not in layers["pointwise"].methods
     assert layers["pointwise"].unsupported["cp"] == "1x1 kernel: nothing to factorize spatially (use svd)"
-    assert layers["head"].methods == ("svd", "tt")
-    assert layers["conv"].max_ranks == {
-        "cp": 1152 // 30,
-        "svd": 16,
-        "tt": (8, 24, 16),
-        "tucker2": (16, 8),
-        "tucker2_hooi": (16, 8),
-    }
+    assert {"svd", "tt"} <= set(layers["head"].methods) and "cp" not in layers["head"].methods
+    builtin = {"cp": 1152 // 30, "svd": 16, "tt": (8, 24, 16), "tucker2": (16, 8), "tucker2_hooi": (16, 8)}
+    assert {m: layers["conv"].max_ranks.get(m) for m in builtin} == builtin
     assert skipped == {
         "grouped": "grouped convolution (groups=4) is not supported",
         "depthwise": "grouped convolution (groups=16) is not supported",

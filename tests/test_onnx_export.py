@@ -1,4 +1,4 @@
-"""export_onnx: every method's factorized layers run in onnxruntime as in torch, with any batch size.
+"""export_onnx: every registered method's factorized layers run in onnxruntime as in torch, with any batch size.
 
 Tolerance: float32 models with O(1) outputs; onnxruntime must match torch within 1e-4 absolute (observed
 differences are about 1e-7). The tests that export need onnx, onnxscript and onnxruntime (the onnx extra)
@@ -13,9 +13,11 @@ import types
 import numpy as np
 import pytest
 import torch
+from _helpers import mid_rank
 from torch import nn
 
 import ranksearch as rs
+from ranksearch.decompositions import available_methods, get_method
 from ranksearch.onnx_export import (
     OnnxExport,
     OnnxExportError,
@@ -26,9 +28,6 @@ from ranksearch.onnx_export import (
 
 ATOL = 1e-4
 EXTRA = "the onnx extra is not installed: pip install 'ranksearch[onnx]'"
-
-CONV_RANKS = {"svd": 3, "tucker2": (4, 3), "tucker2_hooi": (4, 3), "cp": 4, "tt": (3, 3, 3)}
-LINEAR_RANKS = {"svd": 4, "tt": (3, 3)}  # the methods that take a Linear
 
 
 @pytest.fixture
@@ -47,6 +46,11 @@ def conv_model() -> nn.Module:
 
 def linear_model() -> nn.Module:
     return nn.Sequential(nn.Linear(12, 20), nn.Tanh(), nn.Linear(20, 5))
+
+
+def methods_for(layer: nn.Module) -> list[str]:
+    """Every registered method that can compress ``layer``."""
+    return [m for m in available_methods() if get_method(m).unsupported_reason(layer) is None]
 
 
 def run_onnx(ort, path, x: torch.Tensor) -> np.ndarray:
@@ -68,16 +72,18 @@ def check_export(ort, small: nn.Module, x: torch.Tensor, path) -> OnnxExport:
     return result
 
 
-@pytest.mark.parametrize("method", sorted(CONV_RANKS))
+@pytest.mark.parametrize("method", methods_for(conv_model()[0]))
 def test_each_method_on_a_conv_matches_torch_at_any_batch_size(ort, method, tmp_path):
-    small = rs.apply(conv_model(), rs.CompressionConfig({"0": (method, CONV_RANKS[method])}))
+    model = conv_model()
+    small = rs.apply(model, rs.CompressionConfig({"0": (method, mid_rank(get_method(method), model[0]))}))
     assert isinstance(small[0], rs.FactorizedLayer)
     check_export(ort, small, torch.randn(2, 6, 9, 11), tmp_path / f"{method}.onnx")
 
 
-@pytest.mark.parametrize("method", sorted(LINEAR_RANKS))
+@pytest.mark.parametrize("method", methods_for(linear_model()[0]))
 def test_each_linear_method_matches_torch_at_any_batch_size(ort, method, tmp_path):
-    small = rs.apply(linear_model(), rs.CompressionConfig({"0": (method, LINEAR_RANKS[method])}))
+    model = linear_model()
+    small = rs.apply(model, rs.CompressionConfig({"0": (method, mid_rank(get_method(method), model[0]))}))
     assert isinstance(small[0], rs.FactorizedLayer)
     check_export(ort, small, torch.randn(2, 12), tmp_path / f"{method}.onnx")
 

@@ -10,12 +10,14 @@ import sys
 
 import optuna
 import pytest
+from _helpers import write_study  # tests/ is on sys.path (pytest's prepend import mode)
 from postgres_server import postgres_server, why_unavailable  # tests/ is on sys.path (pytest's prepend mode)
-from test_run import write_study
-from test_study import make_search
 
 from ranksearch.cli import main
 from ranksearch.study import open_storage
+from ranksearch.study._budget import TrialBudget
+
+pytestmark = pytest.mark.slow  # worker processes and real studies: seconds to a minute each
 
 COMPLETE, FAIL, RUNNING, PRUNED = (optuna.trial.TrialState[s] for s in ("COMPLETE", "FAIL", "RUNNING", "PRUNED"))
 
@@ -58,13 +60,13 @@ def test_two_local_workers_share_the_budget_exactly(tmp_path, capfd, kind):
     assert len({str(t.user_attrs["config"]) for t in searched}) == len(searched)
 
 
-def test_a_race_for_the_last_slot_prunes_the_loser_before_it_evaluates(tiny_task, tmp_path, monkeypatch):
+def test_a_race_for_the_last_slot_prunes_the_loser_before_it_evaluates(tiny_task, tmp_path, monkeypatch, make_search):
     storage = f"sqlite:///{tmp_path}/race.db"
     winner = make_search(tiny_task, storage=storage, warm_start=(), heartbeat=None)  # ask() is used below
     loser = make_search(tiny_task, storage=storage, warm_start=(), heartbeat=None)
     winner.optimize(budget=1, show_progress=False)
     running = winner.study.ask()  # another worker's trial in flight: the budget of 2 is spent
-    monkeypatch.setattr(type(loser), "_live_trials", lambda self: 0)  # the loser checked just before that
+    monkeypatch.setattr(TrialBudget, "spent", lambda self: False)  # the loser checked just before that
     evaluated = []
     monkeypatch.setattr(loser.evaluator, "evaluate", lambda *a, **k: evaluated.append(a))
     loser.optimize(budget=2, show_progress=False)
@@ -76,7 +78,7 @@ def test_a_race_for_the_last_slot_prunes_the_loser_before_it_evaluates(tiny_task
     assert winner.remaining(2) == 0
 
 
-def test_an_interrupted_trial_does_not_use_up_the_budget(tiny_task, tmp_path, monkeypatch):
+def test_an_interrupted_trial_does_not_use_up_the_budget(tiny_task, tmp_path, monkeypatch, make_search):
     search = make_search(tiny_task, storage=f"sqlite:///{tmp_path}/stop.db")
     real, calls = search.evaluator.evaluate, []
 
@@ -138,7 +140,7 @@ def test_workers_on_two_machines_share_a_postgresql_study_exactly(tmp_path, capf
     assert out.count("/14 trials done, running ") == 2  # both started with work to do, yet 14 in all
 
 
-def test_a_worker_with_other_weights_is_refused(tiny_task, tmp_path):
+def test_a_worker_with_other_weights_is_refused(tiny_task, tmp_path, make_search):
     import copy
 
     import torch
@@ -151,7 +153,9 @@ def test_a_worker_with_other_weights_is_refused(tiny_task, tmp_path):
     other = copy.deepcopy(model)
     with torch.no_grad():
         next(other.parameters()).add_(1e-6)  # e.g. the baseline trained again on another machine
-    with pytest.raises(RanksearchError, match=r"was made with other weights of the model .* copy the baseline file"):
+    with pytest.raises(
+        RanksearchError, match=r"was made with other weights of the model .* copy the trained-model file"
+    ):
         make_search((other, train_loader, val_loader), storage=storage)
     assert make_search(tiny_task, storage=storage).remaining(1) == 0  # the same weights resume
 

@@ -15,13 +15,19 @@ The life of a layer through a method, in the order the library calls the hooks:
    maths allows, a fit otherwise); the :class:`~ranksearch.FactorCache` memoizes both steps.
 5. :meth:`Decomposition.build` -- the replacement module, made of standard torch layers.
 6. :meth:`Decomposition.cost` -- exact MACs and parameters of that module, without building it.
+
+Each method also supplies :meth:`Decomposition.exact_low_rank_example` and declares the class
+attributes :attr:`~Decomposition.nested`, :attr:`~Decomposition.exact_at_max_rank` and
+:attr:`~Decomposition.exact_recovery_tolerance`: the test suite holds every registered method to the
+same contract through them, so a new method needs no test of its own to be covered.
+:func:`unregister` removes a method again (for tests and plugins).
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
@@ -40,6 +46,7 @@ __all__ = [
     "available_methods",
     "get_method",
     "tensorly_torch",
+    "unregister",
 ]
 
 Rank = Union[int, tuple[int, ...]]
@@ -101,7 +108,20 @@ class Decomposition(ABC):
 
     name: ClassVar[str]
     nested: ClassVar[bool] = False
-    """True when every rank is a slice of one rank-independent result of :meth:`prepare`."""
+    """True when every rank is a slice of one rank-independent result of :meth:`prepare`.
+
+    The weight error of a nested method never grows with the rank (per component for tuple ranks).
+    """
+    exact_at_max_rank: ClassVar[bool] = True
+    """True when :meth:`max_rank` is a complete rank: its factors reproduce the weight up to rounding.
+
+    False when the maximum is a budget cap instead (CP's break-even rank).
+    """
+    exact_recovery_tolerance: ClassVar[float] = 1e-9
+    """Relative weight error within which :meth:`factorize` recovers a float64 weight that is exactly
+    representable at the rank asked for (such as :meth:`exact_low_rank_example`'s). Closed-form methods
+    reach rounding error; iterative fits stop at their own tolerance, so they declare a larger one.
+    """
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -154,6 +174,22 @@ class Decomposition(ABC):
         """Settings that change the factors (seed, tolerance...); part of the factor-cache key."""
         return ()
 
+    # --- a known answer, for the tests ------------------------------------------------------------
+    def exact_low_rank_example(self, module: nn.Module, seed: int = 0) -> tuple[torch.Tensor, Rank]:
+        """A weight of ``module``'s shape that this method represents exactly, and the rank that does.
+
+        The weight is float64 on the CPU, drawn from a generator seeded with ``seed`` (the global RNG
+        is left alone). It is typically :meth:`reconstruct` of random factors at a small rank, so
+        :meth:`factorize` at that rank must recover it within :attr:`exact_recovery_tolerance`; the
+        test suite checks this for every registered method on every layer it supports. The rank must
+        be valid for ``module`` (small layers may need it clipped to :meth:`max_rank`).
+        """
+        raise NotImplementedError(
+            f"decomposition {self.name!r} ({type(self).__qualname__}) does not implement exact_low_rank_example; "
+            "every registered method must supply one so that the contract tests can check it recovers "
+            "an exact low-rank weight"
+        )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -171,6 +207,19 @@ def get_method(method: str | Decomposition) -> Decomposition:
 def available_methods() -> tuple[str, ...]:
     """Names of the registered methods, in registration order."""
     return tuple(_REGISTRY)
+
+
+def unregister(name: str) -> Decomposition:
+    """Remove the method registered as ``name`` and return its instance; the name is free again.
+
+    For tests and plugins that register a method for a while (define the class, use it, then
+    ``unregister`` it in a ``finally``). Configs, studies and factor caches that name the method
+    stop working until it is registered again. An unknown name raises the :func:`get_method` error.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"unregister takes a method name, got {type(name).__name__}")
+    get_method(name)  # the registry's error for an unknown name, listing the valid ones
+    return _REGISTRY.pop(name)
 
 
 # --- helpers shared by the methods ------------------------------------------------------------------
@@ -295,6 +344,15 @@ def conv_unsupported_reason(module: nn.Module, *, needs_spatial_kernel: bool) ->
     if needs_spatial_kernel and module.kernel_size == (1, 1):
         return "1x1 kernel: nothing to factorize spatially (use svd)"
     return None
+
+
+def random_float64(seed: int) -> Callable[..., torch.Tensor]:
+    """``rand(*shape)``: standard-normal float64 CPU tensors from a generator seeded with ``seed``.
+
+    For :meth:`Decomposition.exact_low_rank_example`; the global RNG is left alone.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)
 
 
 def relative_error(reference: torch.Tensor, approx: torch.Tensor) -> float:

@@ -1,10 +1,9 @@
 """CP-ALS in plain torch, initialised by tensorly's SVD init.
 
-Why not ``tensorly.decomposition.parafac``: on conv kernels it is dominated by per-iteration overhead
-(2.1 s per iteration at R=256 on 512x512x3x3 against 0.05 s here, ../shared/MEASURED.md) and with its
-default ``tol=1e-8`` it always runs all its iterations. This loop computes each MTTKRP with one
-einsum on the dense tensor and the fit from the Gram matrices (no reconstruction), and stops when the
-relative error improves by less than ``tol`` (relative) per iteration. The tests check it reaches
+Why not ``tensorly.decomposition.parafac``: on large conv kernels it is dominated by per-iteration
+overhead, and with its default ``tol=1e-8`` it always runs all its iterations. This loop computes each
+MTTKRP with one einsum on the dense tensor and the fit from the Gram matrices (no reconstruction), and
+stops when the relative error improves by less than ``tol`` (relative) per iteration. The tests check it reaches
 tensorly's error on the same tensors.
 """
 

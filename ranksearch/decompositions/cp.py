@@ -28,6 +28,7 @@ from ._base import (
     bias_params,
     conv_unsupported_reason,
     new_conv,
+    random_float64,
     weight_of,
 )
 from ._cp_als import cp_als
@@ -48,6 +49,9 @@ class CP(Decomposition, name="cp"):
             ``CP(max_iter=...)`` instance to ``FactorCache.factors`` to refit finalists more tightly.
         seed: seed of the random part of the initialisation.
     """
+
+    exact_at_max_rank = False  # the maximum is the break-even rank, not the (much larger) exact CP rank
+    exact_recovery_tolerance = 1e-3  # ALS stops at its relative-improvement rule
 
     def __init__(self, tol: float = 1e-5, max_iter: int = 200, seed: int = 0) -> None:
         self.tol, self.max_iter, self.seed = tol, max_iter, seed
@@ -102,6 +106,12 @@ class CP(Decomposition, name="cp"):
             new_conv(module, a_out[:, :, None, None], bias=bias_of(module)),  # (O, R, 1, 1)
         )
         return FactorizedLayer(*layers, method=self.name, rank=rank)
+
+    def exact_low_rank_example(self, module: nn.Module, seed: int = 0) -> tuple[torch.Tensor, Rank]:
+        """The sum of ``R = min(3, max_rank)`` random rank-one kernels (one random factor per mode)."""
+        rand = random_float64(seed)
+        rank = min(3, self.max_rank(module))
+        return self.reconstruct(module, tuple(rand(n, rank) for n in module.weight.shape)), rank
 
     def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
         out_channels, in_channels, kh, kw = module.weight.shape

@@ -28,6 +28,7 @@ from ._base import (
     conv_unsupported_reason,
     new_conv,
     new_linear,
+    random_float64,
     tensorly_torch,
     weight_of,
 )
@@ -82,6 +83,13 @@ class SVD(Decomposition, name="svd"):
             second = new_conv(module, left[:, :, None, None], bias=bias_of(module))  # (O, r, 1, 1)
             layers = (first, second)
         return FactorizedLayer(*layers, method=self.name, rank=rank)
+
+    def exact_low_rank_example(self, module: nn.Module, seed: int = 0) -> tuple[torch.Tensor, Rank]:
+        """The product of random ``(O, r)`` and ``(r, I*kh*kw)`` matrices, ``r = min(3, max_rank)``."""
+        rand = random_float64(seed)
+        rank = min(3, self.max_rank(module))
+        factors = rand(module.weight.shape[0], rank), rand(rank, module.weight[0].numel())
+        return self.reconstruct(module, factors), rank
 
     def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
         out_dim, fan_in = module.weight.shape[0], module.weight[0].numel()

@@ -36,6 +36,7 @@ from ._base import (
     check_rank_tuple,
     conv_unsupported_reason,
     new_conv,
+    random_float64,
     tensorly_torch,
     weight_of,
 )
@@ -212,6 +213,21 @@ class TT(Decomposition, name="tt"):
             new_conv(module, g4[:, :, 0].T[:, :, None, None], bias=bias_of(module)),  # (O, r3, 1, 1)
         )
         return FactorizedLayer(*layers, method=self.name, rank=rank)
+
+    def exact_low_rank_example(self, module: nn.Module, seed: int = 0) -> tuple[torch.Tensor, Rank]:
+        """Random TT cores with every bond 2 (or less, where the neighbours allow no more), contracted."""
+        rand = random_float64(seed)
+        rank = self.canonical_rank(module, min(2, max(self.max_rank(module))))
+        bonds = (1, *rank, 1)
+        if isinstance(module, nn.Linear):
+            in_modes, out_modes = _linear_modes(module)
+            cores = tuple(
+                rand(bonds[k], i, o, bonds[k + 1]) for k, (i, o) in enumerate(zip(in_modes, out_modes, strict=True))
+            )
+        else:
+            out_channels, in_channels, kh, kw = module.weight.shape
+            cores = tuple(rand(bonds[k], n, bonds[k + 1]) for k, n in enumerate((in_channels, kh, kw, out_channels)))
+        return self.reconstruct(module, cores), rank
 
     def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
         if isinstance(module, nn.Linear):

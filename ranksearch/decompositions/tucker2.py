@@ -29,6 +29,7 @@ from ._base import (
     check_rank_tuple,
     conv_unsupported_reason,
     new_conv,
+    random_float64,
     tensorly_torch,
     weight_of,
 )
@@ -83,6 +84,17 @@ class Tucker2(Decomposition, name="tucker2"):
         project_out = new_conv(module, u_out[:, :, None, None], bias=bias_of(module))  # (O, r_out, 1, 1)
         rank = (core.shape[0], core.shape[1])
         return FactorizedLayer(project_in, spatial, project_out, method=self.name, rank=rank)
+
+    def exact_low_rank_example(self, module: nn.Module, seed: int = 0) -> tuple[torch.Tensor, Rank]:
+        """A random ``(r_out, r_in, kh, kw)`` core times random ``(O, r_out)`` and ``(I, r_in)`` matrices,
+        ``(r_out, r_in) = (3, 2)`` clipped to the maximum."""
+        rand = random_float64(seed)
+        max_out, max_in = self.max_rank(module)
+        rank = (min(3, max_out), min(2, max_in))
+        out_channels, in_channels, kh, kw = module.weight.shape
+        core = rand(*rank, kh, kw)
+        factors = core, rand(out_channels, rank[0]), rand(in_channels, rank[1])
+        return self.reconstruct(module, factors), rank
 
     def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
         r_out, r_in = rank

@@ -26,6 +26,7 @@ class Tucker2HOOI(Tucker2, name="tucker2_hooi"):
     """
 
     nested = False
+    exact_recovery_tolerance = 1e-7  # HOOI stops when its fit changes by less than ``tol``
 
     def __init__(self, n_iter_max: int = 20, tol: float = 1e-5) -> None:
         self.n_iter_max, self.tol = n_iter_max, tol

@@ -35,15 +35,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 
-import torch
 from torch import nn
 
 from ..cache import FactorCache
 from ..config import DENSE, CompressionConfig
-from ..costs import count, module_macs
+from ..costs import count
 from ..decompositions import Decomposition, Rank, get_method
 from ..errors import ConfigError, RanksearchError
-from ..layers import compressible_layers
+from ._candidates import Candidate, staircases
+from ._layers import check_finite_weights, select_layers
 
 __all__ = ["Allocation", "LayerAllocation", "error_balanced_allocation", "error_balanced_config"]
 
@@ -107,13 +107,6 @@ class Allocation:
         return self.total / self.dense_total
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    rank: Rank | None  # None: dense
-    cost: int
-    error: float
-
-
 def error_balanced_config(
     model: nn.Module,
     budget: float,
@@ -171,53 +164,55 @@ def error_balanced_allocation(
         ConfigError: a bad argument, unknown or unsupported layer.
         RanksearchError: the budget is below the smallest achievable fraction (the message says which).
     """
-    _check_budget(budget)
-    if cost not in COSTS:
-        raise ConfigError(f"unknown cost {cost!r}; expected one of {', '.join(map(repr, COSTS))}")
-    decomposition = _check_method(method, grid)
-    shape = _check_shape(input_shape)
-    names = _select_layers(model, decomposition, layers)
-    cache = FactorCache() if cache is None else cache
-
+    decomposition, shape = _check_arguments(budget, cost, method, grid, input_shape)
+    names = select_layers(model, decomposition.name, layers)
+    check_finite_weights(model, names)
     dense_total = getattr(count(model, shape), cost)
     if dense_total <= 0:
         raise RanksearchError(f"the dense model has no {cost} at input {shape}: there is nothing to budget")
-    calls = _layer_calls(model, shape, names)
-    modules = [model.get_submodule(name) for name in names]
-    dense_costs = [_dense_cost(module, calls[name], cost) for name, module in zip(names, modules, strict=True)]
-    stairs = [
-        _staircase(module, decomposition, calls[name], cost, cache, grid, dense)
-        for name, module, dense in zip(names, modules, dense_costs, strict=True)
-    ]
-
-    limit = math.floor(budget * dense_total)
-    allowance = limit - (dense_total - sum(dense_costs))  # what the selected layers may cost together
+    cache = FactorCache() if cache is None else cache
+    dense_costs, stairs = staircases(model, shape, names, decomposition, cost, cache, grid)
+    rest = dense_total - sum(dense_costs)  # the cost of everything the allocation leaves dense
+    allowance = math.floor(budget * dense_total) - rest  # what the selected layers may cost together
     cheapest = sum(stair[0].cost for stair in stairs)
     if cheapest > allowance:
-        smallest = _round_up(dense_total - sum(dense_costs) + cheapest, dense_total)
         raise RanksearchError(
             f"budget {budget:g} of the dense {cost} is not achievable with {decomposition.name!r} on "
-            f"{len(names)} layer(s): the smallest achievable is {smallest:.4f} (every layer at its cheapest candidate)"
+            f"{len(names)} layer(s): the smallest achievable is {_round_up(rest + cheapest, dense_total):.4f} "
+            "(every layer at its cheapest candidate)"
         )
     picks = _threshold_picks(stairs, allowance)
     if spend_leftover:
         picks = _spend_leftover(stairs, picks, allowance)
-
     chosen = {
         name: LayerAllocation(name, stair[i].rank, stair[i].error, stair[i].cost, dense)
         for name, stair, i, dense in zip(names, stairs, picks, dense_costs, strict=True)
     }
+    return _allocation(chosen, decomposition.name, cost, budget, rest, dense_total)
+
+
+def _allocation(
+    chosen: Mapping[str, LayerAllocation], method: str, cost: str, budget: float, rest: int, dense_total: int
+) -> Allocation:
+    """The :class:`Allocation` of the picks ``chosen``; ``rest`` is the cost of the layers left out."""
     config = CompressionConfig(
-        {
-            name: (DENSE, None) if layer.rank is None else (decomposition.name, layer.rank)
-            for name, layer in chosen.items()
-        }
+        {name: (DENSE, None) if layer.rank is None else (method, layer.rank) for name, layer in chosen.items()}
     )
-    total = dense_total - sum(dense_costs) + sum(layer.cost for layer in chosen.values())
-    return Allocation(config, decomposition.name, cost, float(budget), chosen, total, dense_total)
+    total = rest + sum(layer.cost for layer in chosen.values())
+    return Allocation(config, method, cost, float(budget), chosen, total, dense_total)
 
 
 # --- arguments --------------------------------------------------------------------------------------
+
+
+def _check_arguments(
+    budget: object, cost: object, method: object, grid: object, input_shape: object
+) -> tuple[Decomposition, tuple[int, ...]]:
+    """The method and the input shape, once every argument that is not about layers is checked."""
+    _check_budget(budget)
+    if cost not in COSTS:
+        raise ConfigError(f"unknown cost {cost!r}; expected one of {', '.join(map(repr, COSTS))}")
+    return _check_method(method, grid), _check_shape(input_shape)
 
 
 def _check_budget(budget: object) -> None:
@@ -245,113 +240,6 @@ def _check_shape(input_shape: object) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def _select_layers(model: nn.Module, method: Decomposition, layers: Iterable[str] | None) -> list[str]:
-    """Names of the layers to allocate, in model order; explicit names are checked like a config's."""
-    if layers is None:
-        names = [name for name, info in compressible_layers(model).items() if method.name in info.methods]
-        if not names:
-            raise ConfigError(f"no layer of the model can be compressed by {method.name!r}")
-        return names
-    if isinstance(layers, str):
-        raise ConfigError(f"layers must be an iterable of layer names, not the string {layers!r}")
-    wanted = list(dict.fromkeys(layers))
-    if not wanted:
-        raise ConfigError("layers is empty: name at least one layer, or pass None for every supported layer")
-    CompressionConfig({name: (method.name, 1) for name in wanted}).resolve(model)  # names the bad layer, if any
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return sorted(wanted, key=order.__getitem__)
-
-
-# --- costs and errors ---------------------------------------------------------------------------------
-
-_Call = tuple[tuple[int, ...], tuple[int, ...]]  # (input shape, output shape) of one call
-
-
-def _layer_calls(model: nn.Module, input_shape: tuple[int, ...], names: Sequence[str]) -> dict[str, list[_Call]]:
-    """Input and output shapes of every call of each named layer in one forward pass on zeros."""
-    calls: dict[str, list[_Call]] = {name: [] for name in names}
-
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            calls[name].append((tuple(args[0].shape), tuple(output.shape)))
-
-        return record
-
-    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
-    modes = {module: module.training for module in model.modules()}
-    first = next(model.parameters(), None)
-    kwargs = {} if first is None else {"device": first.device, "dtype": first.dtype}
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(input_shape, **kwargs))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.train(training)
-    return calls
-
-
-def _dense_cost(module: nn.Module, calls: Sequence[_Call], cost: str) -> int:
-    if cost == "params":
-        return sum(p.numel() for p in module.parameters())
-    return sum(module_macs(module, in_shape, out_shape) for in_shape, out_shape in calls)
-
-
-def _factorized_cost(module: nn.Module, method: Decomposition, rank: Rank, calls: Sequence[_Call], cost: str) -> int:
-    if cost == "params":
-        shape = calls[0][0] if calls else _probe_shape(module)
-        return method.cost(module, rank, shape).params
-    return sum(method.cost(module, rank, in_shape).macs for in_shape, _ in calls)
-
-
-def _probe_shape(module: nn.Module) -> tuple[int, ...]:
-    """A valid input shape for a layer that never runs (its parameter count needs one)."""
-    if isinstance(module, nn.Linear):
-        return (1, module.in_features)
-    span = [d * (k - 1) + 1 for k, d in zip(module.kernel_size, module.dilation, strict=True)]
-    return (1, module.in_channels, *span)
-
-
-def _candidate_ranks(module: nn.Module, method: Decomposition, grid: int | None = None) -> list[Rank]:
-    """Canonical ranks at fractions ``j / n`` of the largest rank, rounded up per component, deduplicated.
-
-    ``n`` is ``grid``, or the largest component of the largest rank (every rank of that component).
-    """
-    top = method.max_rank(module)
-    tops = (top,) if isinstance(top, int) else tuple(top)
-    steps = grid if grid is not None else max(tops)
-    ranks: dict[Rank, None] = {}
-    for j in range(1, steps + 1):
-        raw = tuple(max(1, -(-j * t // steps)) for t in tops)  # ceil(j * t / steps), in integers
-        ranks[method.canonical_rank(module, raw[0] if isinstance(top, int) else raw)] = None
-    return list(ranks)
-
-
-def _staircase(
-    module: nn.Module,
-    method: Decomposition,
-    calls: Sequence[_Call],
-    cost: str,
-    cache: FactorCache,
-    grid: int | None,
-    dense_cost: int,
-) -> list[_Candidate]:
-    """The non-dominated candidates of one layer: cost strictly up, error strictly down, dense last or dropped."""
-    candidates = [
-        _Candidate(
-            rank, _factorized_cost(module, method, rank, calls, cost), cache.relative_error(module, method, rank)
-        )
-        for rank in _candidate_ranks(module, method, grid)
-    ]
-    candidates.append(_Candidate(None, dense_cost, 0.0))
-    stair: list[_Candidate] = []
-    for candidate in sorted(candidates, key=lambda c: (c.cost, c.error)):
-        if not stair or candidate.error < stair[-1].error:
-            stair.append(candidate)
-    return stair
-
-
 # --- the allocation ---------------------------------------------------------------------------------
 
 
@@ -360,7 +248,7 @@ def _picks_at(negated_errors: Sequence[Sequence[float]], eps: float) -> list[int
     return [bisect_left(negated, -eps) for negated in negated_errors]
 
 
-def _threshold_picks(stairs: Sequence[Sequence[_Candidate]], allowance: int) -> list[int]:
+def _threshold_picks(stairs: Sequence[Sequence[Candidate]], allowance: int) -> list[int]:
     """The picks at the smallest error bound whose total cost fits ``allowance`` (feasible at the largest)."""
     negated = [[-c.error for c in stair] for stair in stairs]  # ascending, for bisect
 
@@ -378,7 +266,7 @@ def _threshold_picks(stairs: Sequence[Sequence[_Candidate]], allowance: int) -> 
     return _picks_at(negated, errors[lo])
 
 
-def _spend_leftover(stairs: Sequence[Sequence[_Candidate]], picks: list[int], allowance: int) -> list[int]:
+def _spend_leftover(stairs: Sequence[Sequence[Candidate]], picks: list[int], allowance: int) -> list[int]:
     """Move the largest-error layer to its next candidate while that fits; ties go to the earlier layer."""
     picks = list(picks)
     left = allowance - sum(stair[i].cost for stair, i in zip(stairs, picks, strict=True))

@@ -4,8 +4,8 @@ For ``svd`` the spectrum is that of the weight folded to ``O x (I*kh*kw)`` (Line
 ``tucker2`` each channel rank comes from its own unfolding: ``r_out`` from mode 0 (``O x I*kh*kw``) and
 ``r_in`` from mode 1 (``I x O*kh*kw``), as in Kim et al. (2016) where ranks are chosen per unfolding.
 
-This module also holds what the spectral baselines share (the VBMF one included): which layers a
-baseline visits, the matrices whose ranks make a layer's rank, and the loop that builds the config.
+This module also holds what the spectral baselines share (the VBMF one included): the matrices whose
+ranks make a layer's rank, and the loop that builds the config.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch import nn
 
 from ..config import CompressionConfig
 from ..decompositions import Rank, get_method
-from ..errors import ConfigError, UnsupportedLayerError
-from ..layers import compressible_layers, skipped_layers
+from ..errors import ConfigError
+from ._layers import check_finite_weights, select_layers
 
 __all__ = ["energy_config", "energy_rank"]
 
@@ -115,47 +115,12 @@ def spectral_config(
     """A config whose every rank component is ``rank_of(matrix)`` (raised to 1) over :func:`layer_matrices`."""
     check_spectral_method(method)
     decomposition = get_method(method)
+    names = select_layers(model, method, layers)
+    check_finite_weights(model, names)
     entries: dict[str, tuple[str, Rank]] = {}
-    for name in target_layers(model, method, layers):
+    for name in names:
         module = model.get_submodule(name)
-        if not torch.isfinite(module.weight).all():
-            raise ConfigError(f"layer {name!r}: weight has non-finite values (NaN or inf)")
         ranks = tuple(max(1, rank_of(matrix)) for matrix in layer_matrices(module.weight, method))
         rank = ranks[0] if method == "svd" else ranks
         entries[name] = (method, decomposition.canonical_rank(module, rank))
     return CompressionConfig(entries)
-
-
-def target_layers(model: nn.Module, method: str, layers: Iterable[str] | None) -> list[str]:
-    """The layers a baseline visits, in model order.
-
-    ``layers=None``: every compressible layer that supports ``method`` (an error if there is none).
-    Otherwise exactly the named ones; a name that is unknown, not compressible, or that ``method``
-    cannot handle is an error naming the layer and the reason.
-    """
-    infos = compressible_layers(model)
-    if layers is None:
-        names = [name for name, info in infos.items() if method in info.methods]
-        if not names:
-            raise ConfigError(f"no layer of the model supports method {method!r}")
-        return names
-    if isinstance(layers, str):
-        raise ConfigError(f"layers must be a collection of layer names, got the string {layers!r}")
-    wanted = list(dict.fromkeys(layers))
-    for name in wanted:
-        if name not in infos:
-            raise _not_compressible(model, name)
-        if method not in infos[name].methods:
-            reason = infos[name].unsupported[method]
-            raise UnsupportedLayerError(f"layer {name!r}: method {method!r} does not support it: {reason}")
-    return [name for name in infos if name in set(wanted)]
-
-
-def _not_compressible(model: nn.Module, name: object) -> ConfigError:
-    skipped = skipped_layers(model)
-    if name in skipped:
-        return UnsupportedLayerError(f"layer {name!r} cannot be compressed: {skipped[name]}")
-    modules = dict(model.named_modules())
-    if isinstance(name, str) and name in modules:
-        return ConfigError(f"layer {name!r} is a {type(modules[name]).__name__}, not a Conv2d or Linear layer")
-    return ConfigError(f"unknown layer {name!r}: the model has no such module")

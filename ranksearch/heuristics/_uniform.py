@@ -16,22 +16,9 @@ from ..costs import count
 from ..decompositions import get_method
 from ..errors import RanksearchError
 from ..latency import layer_inputs
-from ..layers import compressible_layers
+from ._layers import select_layers
 
 __all__ = ["uniform_config"]
-
-
-def _targets(model: nn.Module, method: str, layers: Iterable[str] | None) -> list[str]:
-    available = compressible_layers(model)
-    if layers is None:
-        return [name for name, info in available.items() if method in info.methods]
-    names = list(layers)
-    for name in names:
-        if name not in available:
-            raise RanksearchError(f"layer {name!r} is not a compressible layer of the model")
-        if method not in available[name].methods:
-            raise RanksearchError(f"layer {name!r} does not support method {method!r}")
-    return names
 
 
 def _rank(module: nn.Module, method: str, fraction: float) -> object:
@@ -61,14 +48,12 @@ def uniform_config(
         cost: ``"macs"`` or ``"params"`` for ``cost_fraction``.
         input_shape: model input shape with batch, e.g. ``(1, 3, 32, 32)``.
         method: the decomposition every layer gets.
-        layers: restrict to these layers.
+        layers: restrict to these layers (checked as in a config: unknown or unsupported ones are errors).
     """
     get_method(method)  # a clear error for an unknown method
     if (fraction is None) == (cost_fraction is None):
         raise RanksearchError("give exactly one of fraction (kept rank) or cost_fraction (of the dense cost)")
-    names = _targets(model, method, layers)
-    if not names:
-        raise RanksearchError(f"no layer of the model supports method {method!r}")
+    names = select_layers(model, method, layers)
     modules = {name: model.get_submodule(name) for name in names}
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:

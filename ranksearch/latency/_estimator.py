@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ResolvedLayer
+from ..tracing import trace_calls
 from ._measure import LatencySettings, _threads, device_name, measure_seconds
 from ._table import LatencyTable
 
@@ -31,27 +32,14 @@ def structure_digest(model: nn.Module) -> str:
 
 
 def layer_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Input shape of every Conv2d and Linear in one forward pass of ``model`` on ``input_shape`` (first call)."""
+    """Input shape of every Conv2d and Linear in one forward pass of ``model`` on ``input_shape`` (first call).
+
+    The pass is :func:`~ranksearch.tracing.trace_calls`'s (zeros, eval mode; a RanksearchError if it fails).
+    """
+    names = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-
-            def record(module: nn.Module, args: tuple, name: str = name) -> None:
-                shapes.setdefault(name, tuple(args[0].shape))
-
-            hooks.append(module.register_forward_pre_hook(record))
-    modes = {module: module.training for module in model.modules()}
-    try:
-        parameter = next(model.parameters(), None)
-        kwargs = {} if parameter is None else {"device": parameter.device, "dtype": parameter.dtype}
-        with torch.no_grad():
-            model.eval()(torch.zeros(input_shape, **kwargs))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for module, training in modes.items():  # the caller's train/eval mode is left as it was
-            module.train(training)
+    for call in trace_calls(model, input_shape, names):
+        shapes.setdefault(call.name, call.input_shape)
     return shapes
 
 

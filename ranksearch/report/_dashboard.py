@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from .._version import __version__
 from ._results import StudyResults, layer_columns
 from ._selection import choose
 
@@ -183,9 +184,7 @@ def _export_hint(results: StudyResults, study_file: str | None) -> str:
 
 
 def dashboard_html(results: StudyResults, figures: Mapping[str, go.Figure], *, study_file: str | None = None) -> str:
-    """The dashboard page as one HTML string (about 5 MB, most of it plotly.js)."""
-    from .._version import __version__
-
+    """The dashboard page as one HTML string, most of it the inlined plotly.js."""
     blocks = []
     for name, fig in figures.items():
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{name}", config={"responsive": True})

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..config import DENSE
+from ..record import DENSE
 from ._pareto import pareto_mask
 from ._results import QUALITY, StudyResults, layer_columns
 
@@ -159,7 +159,7 @@ def layer_heatmap(results: StudyResults) -> go.Figure:
         title="Pareto configs per layer: method (letter) and kept-rank fraction (colour)",
         xaxis_title="layer",
         yaxis_title=f"trial · accuracy (cheapest {results.primary_cost} first)",
-        xaxis={"type": "category"},
+        xaxis={"type": "category"},  # layer names such as "0.0", "3", "10" are names, not numbers
         yaxis={"autorange": "reversed", "type": "category"},
         **{**LAYOUT, "height": max(320, 140 + 24 * len(front))},
     )

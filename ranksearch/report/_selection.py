@@ -78,22 +78,54 @@ def choose(
 ) -> Choice:
     """The trial a rule picks among completed trials (each config once); see the module docstring."""
     max_costs = dict(max_costs or {})
-    ruled = bool(max_costs) or min_accuracy is not None or max_accuracy_drop is not None or knee
+    _check_rule(trial, max_costs, min_accuracy, max_accuracy_drop, knee)
+    if trial is not None:
+        return _by_number(results, trial)
+    candidates = results.completed()
+    if candidates.empty:
+        raise RanksearchError(f"study {results.name!r} has no completed trial to choose from")
+    candidates, rules = _under_caps(results, candidates, max_costs)
+    if min_accuracy is not None or max_accuracy_drop is not None:
+        floor = _floor(results, min_accuracy, max_accuracy_drop)
+        pick, rule = _cheapest_reaching(results, candidates, floor, rules)
+    elif knee:
+        index = knee_point(candidates[QUALITY].to_numpy(), candidates[_cost_column(results)].to_numpy())
+        pick, rule = candidates.iloc[index], f"knee of accuracy vs {results.primary_cost}"
+    else:
+        order = [QUALITY, _cost_column(results), "trial"]
+        pick, rule = candidates.sort_values(order, ascending=[False, True, True]).iloc[0], "most accurate"
+    rules.append(rule)
+    return Choice(int(pick["trial"]), f"{_describe(pick, results)}: {', '.join(rules)}", pick)
+
+
+def _check_rule(
+    trial: int | None, max_costs: dict[str, float], min_accuracy: float | None, max_drop: float | None, knee: bool
+) -> None:
+    """Refuse a trial number with a rule, no rule at all, and rules that contradict each other."""
+    floor = min_accuracy is not None or max_drop is not None
+    ruled = bool(max_costs) or floor or knee
     if trial is not None:
         if ruled:
             raise RanksearchError("give either a trial number or a rule (cost caps, accuracy floor, knee), not both")
-        return _by_number(results, trial)
+        return
     if not ruled:
         raise RanksearchError(
             "say which trial: a trial number, a cost cap (e.g. max macs 0.5), an accuracy floor, or the knee"
         )
-    if min_accuracy is not None and max_accuracy_drop is not None:
+    if min_accuracy is not None and max_drop is not None:
         raise RanksearchError("give min_accuracy or max_accuracy_drop, not both")
-    if knee and (min_accuracy is not None or max_accuracy_drop is not None):
+    if knee and floor:
         raise RanksearchError("the knee rule picks its own accuracy: drop the accuracy floor, or drop knee")
-    candidates = results.completed()
-    if candidates.empty:
-        raise RanksearchError(f"study {results.name!r} has no completed trial to choose from")
+
+
+def _cost_column(results: StudyResults) -> str:
+    return f"{results.primary_cost}_ratio"
+
+
+def _under_caps(
+    results: StudyResults, candidates: pd.DataFrame, max_costs: dict[str, float]
+) -> tuple[pd.DataFrame, list[str]]:
+    """The candidates within every cost cap, and the caps as rule texts; an error names the cheapest trial."""
     rules = []
     for cost, cap in max_costs.items():
         if cost not in COSTS:
@@ -110,26 +142,21 @@ def choose(
             )
         candidates = allowed
         rules.append(f"{cost} <= {cap:g}")
-    cost_column = f"{results.primary_cost}_ratio"
-    if min_accuracy is not None or max_accuracy_drop is not None:
-        floor = _floor(results, min_accuracy, max_accuracy_drop)
-        reaching = candidates[candidates[QUALITY] >= floor - 1e-12]
-        if reaching.empty:
-            best = candidates.sort_values([QUALITY, cost_column], ascending=[False, True]).iloc[0]
-            where = f" with {' and '.join(rules)}" if rules else ""
-            raise RanksearchError(
-                f"no trial{where} reaches accuracy {floor:.4f}; the best is {_describe(best, results)}"
-            )
-        pick = reaching.sort_values([cost_column, QUALITY, "trial"], ascending=[True, False, True]).iloc[0]
-        rules.append(f"accuracy >= {floor:.4f}, cheapest in {results.primary_cost}")
-    elif knee:
-        index = knee_point(candidates[QUALITY].to_numpy(), candidates[cost_column].to_numpy())
-        pick = candidates.iloc[index]
-        rules.append(f"knee of accuracy vs {results.primary_cost}")
-    else:
-        pick = candidates.sort_values([QUALITY, cost_column, "trial"], ascending=[False, True, True]).iloc[0]
-        rules.append("most accurate")
-    return Choice(int(pick["trial"]), f"{_describe(pick, results)}: {', '.join(rules)}", pick)
+    return candidates, rules
+
+
+def _cheapest_reaching(
+    results: StudyResults, candidates: pd.DataFrame, floor: float, rules: list[str]
+) -> tuple[pd.Series, str]:
+    """The cheapest candidate (primary cost) at accuracy ``floor`` or above; an error names the best one."""
+    cost_column = _cost_column(results)
+    reaching = candidates[candidates[QUALITY] >= floor - 1e-12]
+    if reaching.empty:
+        best = candidates.sort_values([QUALITY, cost_column], ascending=[False, True]).iloc[0]
+        where = f" with {' and '.join(rules)}" if rules else ""
+        raise RanksearchError(f"no trial{where} reaches accuracy {floor:.4f}; the best is {_describe(best, results)}")
+    pick = reaching.sort_values([cost_column, QUALITY, "trial"], ascending=[True, False, True]).iloc[0]
+    return pick, f"accuracy >= {floor:.4f}, cheapest in {results.primary_cost}"
 
 
 def _floor(results: StudyResults, min_accuracy: float | None, max_drop: float | None) -> float:

@@ -92,23 +92,34 @@ def write_report(
     """
     start = time.perf_counter()
     folder = Path(folder)
+    _make_folder(folder, f"cannot create the report folder {str(folder)!r}")
+    if screenshot is not None:  # before the report is written: a bad path fails early, not after Chromium
+        screenshot = Path(screenshot)
+        _make_folder(screenshot.parent, f"cannot write the screenshot {str(screenshot)!r}")
+    files = _write_files(results, folder, images, study_file)
+    if screenshot is not None:
+        _take_screenshot(files, screenshot, screenshot_height)
+    files.seconds = time.perf_counter() - start
+    return files
+
+
+def _make_folder(folder: Path, failure: str) -> None:
+    """Create ``folder`` and its parents, or raise :class:`RanksearchError` ``"<failure>: <why>"``."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RanksearchError(f"cannot create the report folder {str(folder)!r}: {error.strerror}") from None
-    if screenshot is not None:  # before the report is written: a bad path fails early, not after Chromium
-        screenshot = Path(screenshot)
-        try:
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RanksearchError(f"cannot write the screenshot {str(screenshot)!r}: {error.strerror}") from None
+        raise RanksearchError(f"{failure}: {error.strerror}") from None
+
+
+def _write_files(results: StudyResults, folder: Path, images: Sequence[str], study_file: str | None) -> ReportFiles:
+    """The tables, the dashboard and the static images (a note instead when they cannot be made)."""
     figs = make_figures(results)
     try:
         tables, notes = _write_tables(results, folder)
         html_path = write_dashboard(results, figs, folder / "report.html", study_file=study_file)
         files = ReportFiles(folder, html_path, tables, notes=notes)
         if images:
-            from ..images import StaticExportUnavailable, write_images
+            from ..render.images import StaticExportUnavailable, write_images
 
             try:
                 files.images = write_images(figs, folder / "figures", formats=tuple(images))
@@ -118,23 +129,22 @@ def write_report(
         raise RanksearchError(
             f"cannot write the report into {str(folder)!r}: {error.filename or ''}: {error.strerror}"
         ) from None
-    if screenshot is not None:
-        from ..browser import BrowserUnavailable, render_page
-
-        try:
-            if screenshot_height is None:
-                page = render_page(html_path, full_page=True)
-            else:
-                page = render_page(html_path, height=screenshot_height)
-        except BrowserUnavailable as error:
-            files.notes.append(f"no screenshot: {error}")
-        else:
-            if page.errors:
-                files.notes.append(f"the dashboard logged JavaScript errors: {'; '.join(page.errors)}")
-            try:
-                screenshot.write_bytes(page.screenshot)
-            except OSError as error:
-                raise RanksearchError(f"cannot write the screenshot {str(screenshot)!r}: {error.strerror}") from None
-            files.screenshot = screenshot
-    files.seconds = time.perf_counter() - start
     return files
+
+
+def _take_screenshot(files: ReportFiles, screenshot: Path, height: int | None) -> None:
+    """A PNG of the dashboard to ``screenshot`` (the whole page when ``height`` is None), or a note why not."""
+    from ..render.browser import BrowserUnavailable, render_page
+
+    try:
+        page = render_page(files.html, full_page=True) if height is None else render_page(files.html, height=height)
+    except BrowserUnavailable as error:
+        files.notes.append(f"no screenshot: {error}")
+        return
+    if page.errors:
+        files.notes.append(f"the dashboard logged JavaScript errors: {'; '.join(page.errors)}")
+    try:
+        screenshot.write_bytes(page.screenshot)
+    except OSError as error:
+        raise RanksearchError(f"cannot write the screenshot {str(screenshot)!r}: {error.strerror}") from None
+    files.screenshot = screenshot

@@ -1,14 +1,15 @@
 """Static image export (PNG, SVG, PDF, JPEG, WebP) of plotly figures through kaleido.
 
-kaleido (``pip install 'ranksearch[images]'``) renders with a Chrome/Chromium it finds on the machine
-(``apt-get install chromium``, or ``BROWSER_PATH=/path/to/chrome``). Starting that browser costs about
-a second and a half, so :func:`write_images` starts it once for a whole batch and closes it afterwards,
-error or not. Everything works without kaleido and Chrome except the export itself:
-:func:`static_export_unavailable` says cheaply whether it can work, and :func:`write_images` raises
-:class:`StaticExportUnavailable` with the same one-line reason when it cannot.
+kaleido (``pip install 'ranksearch[images]'``) renders with a Chrome/Chromium on the machine
+(``apt-get install chromium``): the one :func:`ranksearch.browser.find_chromium` picks
+(``$RANKSEARCH_CHROMIUM``, then kaleido's ``$BROWSER_PATH``, ...), handed to kaleido so that both
+agree. Starting that browser is the slow part of an export, so :func:`write_images` starts it once
+for a whole batch and closes it afterwards, error or not. Everything works without kaleido and Chrome
+except the export itself: :func:`static_export_unavailable` says cheaply whether it can work, and
+:func:`write_images` raises :class:`StaticExportUnavailable` with the same one-line reason when it cannot.
 
 MathJax is off (plotly.js' LaTeX in titles shows as raw text) unless ``plotly.io.defaults.mathjax``
-names a copy: kaleido's default fetches it from a CDN on every browser start, which costs seconds and
+names a copy: kaleido's default fetches it from a CDN on every browser start, which is slow and
 stalls without a network. ``plotly.io.defaults.plotlyjs`` and ``.topojson`` are honoured as plotly does.
 """
 
@@ -18,7 +19,6 @@ import asyncio
 import math
 import os
 import re
-import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
@@ -28,7 +28,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .errors import RanksearchError
+from ..errors import RanksearchError
+from ._chromium import executable, find_chromium, hidden_command_line, named_by_env
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -75,41 +76,18 @@ class _RenderFailed(Exception):
 def _import_kaleido() -> ModuleType:
     """``import kaleido``, shielded from two import-time side effects that do not concern us.
 
-    kaleido's logging helper (logistro) parses ``sys.argv`` when first imported and exits the process
-    on any option that abbreviates its ``--logistro-*`` flags (``--log``, ``--lo``...): it sees an empty
-    command line instead. kaleido warns at import when plotly < 6.1.1 because ``fig.write_image`` then
-    fails; we call kaleido's own API, which works with those plotly versions, so that warning is muted.
+    Its logging helper would parse our command line (see :func:`~ranksearch._chromium.hidden_command_line`).
+    kaleido warns at import when plotly < 6.1.1 because ``fig.write_image`` then fails; we call kaleido's
+    own API, which works with those plotly versions, so that warning is muted.
     """
-    argv = sys.argv
-    try:
-        sys.argv = argv[:1]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"(?s).*not compatible with this version of Kaleido")
-            import kaleido
-    finally:
-        sys.argv = argv
+    with hidden_command_line(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*not compatible with this version of Kaleido")
+        import kaleido
     return kaleido
 
 
-def _find_chrome() -> str | None:
-    """The browser kaleido would launch, found by kaleido's own lookup (choreographer's), in its order: the copy
-    ``kaleido_get_chrome`` downloaded (even over ``$BROWSER_PATH``), ``$BROWSER_PATH`` as given (not checked),
-    Chrome/Chromium/Edge/Brave/Vivaldi on ``PATH``, their usual install paths. None when there is none."""
-    from choreographer.browsers import Chromium
-
-    return Chromium.find_browser(skip_local=False)
-
-
-def _is_executable_file(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
-def static_export_unavailable() -> str | None:
-    """None when static export can work here, else the one-line reason with its fix.
-
-    Cheap: it imports kaleido and looks for the browser, but renders nothing and starts nothing. A Chrome
-    that is found but cannot start is only discovered by :func:`write_images`.
-    """
+def _kaleido_unavailable() -> str | None:
+    """None when kaleido >= 1 imports, else the one-line reason with its fix."""
     try:
         kaleido = _import_kaleido()
     except ImportError:
@@ -118,16 +96,27 @@ def static_export_unavailable() -> str | None:
         return f"static images need kaleido>=1 (found {getattr(kaleido, '__version__', 'an older one')}): " + (
             "pip install 'ranksearch[images]'"
         )
-    try:
-        chrome = _find_chrome()
-    except (ImportError, AttributeError, TypeError):  # choreographer moved its lookup: let the render tell
-        return None
-    browser_path = os.environ.get("BROWSER_PATH")
-    if browser_path and chrome == browser_path and not _is_executable_file(browser_path):
-        return f"static images need Chrome/Chromium, but BROWSER_PATH={browser_path!r} is not an executable file"
-    if not chrome or not _is_executable_file(chrome):
-        return INSTALL_CHROME
     return None
+
+
+def _chrome() -> tuple[str | None, str | None]:
+    """``(the browser's executable, None)``, or ``(None, the one-line reason there is none)``."""
+    found = find_chromium()
+    if found and (path := executable(found)):
+        return path, None
+    if (named := named_by_env()) is not None:
+        var, value = named
+        return None, f"static images need Chrome/Chromium, but {var}={value!r} is not an executable file"
+    return None, INSTALL_CHROME
+
+
+def static_export_unavailable() -> str | None:
+    """None when static export can work here, else the one-line reason with its fix.
+
+    Cheap: it imports kaleido and looks for the browser, but renders nothing and starts nothing. A Chrome
+    that is found but cannot start is only discovered by :func:`write_images`.
+    """
+    return _kaleido_unavailable() or _chrome()[1]
 
 
 def _check_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
@@ -192,14 +181,82 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _kaleido_options() -> dict[str, Any]:
+def _kaleido_options(chrome: str) -> dict[str, Any]:
+    """kaleido's constructor options: the browser to launch (``path``), plotly.io's defaults."""
     import plotly.io as pio
 
     d = pio.defaults
-    kopts: dict[str, Any] = {"mathjax": getattr(d, "mathjax", None) or False, "topojson": getattr(d, "topojson", None)}
+    kopts: dict[str, Any] = {
+        "path": chrome,
+        "mathjax": getattr(d, "mathjax", None) or False,
+        "topojson": getattr(d, "topojson", None),
+    }
     if getattr(d, "plotlyjs", None):
         kopts["plotlyjs"] = d.plotlyjs
     return kopts
+
+
+def _check_arguments(
+    figures: Mapping[str, go.Figure], formats: str | Iterable[str], width: int | None, height: int | None, scale: float
+) -> tuple[str, ...]:
+    """The formats, deduplicated; raises :class:`ImageExportError` on the first bad argument."""
+    fmts = _check_formats(formats)
+    _check_names(figures)
+    _check_sizes(width, height, scale)
+    for name, fig in figures.items():
+        if not (hasattr(fig, "to_dict") or (isinstance(fig, dict) and "data" in fig)):
+            raise ImageExportError(f"figure {name!r} is a {type(fig).__name__}, not a plotly Figure")
+    return fmts
+
+
+def _usable_chrome() -> str:
+    """The browser to hand kaleido; :class:`StaticExportUnavailable` as :func:`static_export_unavailable` says."""
+    if (reason := _kaleido_unavailable()) is not None:
+        raise StaticExportUnavailable(reason)
+    chrome, reason = _chrome()
+    if chrome is None:
+        raise StaticExportUnavailable(reason or INSTALL_CHROME)
+    return chrome
+
+
+def _image_folder(folder: str | os.PathLike[str]) -> Path:
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageExportError(f"cannot create the image folder {str(out)!r}: {e.strerror or e}") from e
+    return out
+
+
+def _render_options(width: int | None, height: int | None, scale: float) -> dict[str, Any]:
+    opts: dict[str, Any] = {"scale": scale}
+    if width is not None:
+        opts["width"] = width
+    if height is not None:
+        opts["height"] = height
+    return opts
+
+
+def _render_batch(jobs: list[_Job], opts: dict[str, Any], chrome: str) -> None:
+    """Render every job with one kaleido (browser ``chrome``); kaleido's failures become our errors."""
+    kaleido = _import_kaleido()
+    from kaleido.errors import BrowserFailedError, ChromeNotFoundError
+
+    # In a worker thread with its own event loop, so that it also works when the caller runs one (Jupyter).
+    with ThreadPoolExecutor(1, thread_name_prefix="ranksearch-kaleido") as pool:
+        future = pool.submit(lambda: asyncio.run(_render_all(kaleido, jobs, opts, _kaleido_options(chrome))))
+        try:
+            future.result()
+        except ChromeNotFoundError as e:
+            raise StaticExportUnavailable(INSTALL_CHROME) from e
+        except BrowserFailedError as e:
+            raise StaticExportUnavailable(
+                f"static images need a working Chrome/Chromium, but {chrome} did not start: {_one_line(e)}"
+            ) from e
+        except _RenderFailed as e:
+            raise ImageExportError(
+                f"could not render figure {e.job.name!r} as {e.job.fmt}: {type(e.cause).__name__}: {_one_line(e.cause)}"
+            ) from e.cause
 
 
 def write_images(
@@ -221,46 +278,11 @@ def write_images(
     Raises :class:`ImageExportError` for bad arguments or a figure that fails to render (naming it), and
     :class:`StaticExportUnavailable` when kaleido or Chrome is missing or Chrome does not start.
     """
-    fmts = _check_formats(formats)
-    _check_names(figures)
-    _check_sizes(width, height, scale)
-    for name, fig in figures.items():
-        if not (hasattr(fig, "to_dict") or (isinstance(fig, dict) and "data" in fig)):
-            raise ImageExportError(f"figure {name!r} is a {type(fig).__name__}, not a plotly Figure")
+    fmts = _check_arguments(figures, formats, width, height, scale)
     if not figures:
         return []
-    if (reason := static_export_unavailable()) is not None:
-        raise StaticExportUnavailable(reason)
-    kaleido = _import_kaleido()
-
-    out = Path(folder)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ImageExportError(f"cannot create the image folder {str(out)!r}: {e.strerror or e}") from e
+    chrome = _usable_chrome()
+    out = _image_folder(folder)
     jobs = [_Job(name, fmt, fig, out / f"{name}.{fmt}") for name, fig in figures.items() for fmt in fmts]
-    opts: dict[str, Any] = {"scale": scale}
-    if width is not None:
-        opts["width"] = width
-    if height is not None:
-        opts["height"] = height
-
-    from kaleido.errors import BrowserFailedError, ChromeNotFoundError
-
-    # In a worker thread with its own event loop, so that it also works when the caller runs one (Jupyter).
-    with ThreadPoolExecutor(1, thread_name_prefix="ranksearch-kaleido") as pool:
-        future = pool.submit(lambda: asyncio.run(_render_all(kaleido, jobs, opts, _kaleido_options())))
-        try:
-            future.result()
-        except ChromeNotFoundError as e:
-            raise StaticExportUnavailable(INSTALL_CHROME) from e
-        except BrowserFailedError as e:
-            where = _find_chrome() or "the browser"
-            raise StaticExportUnavailable(
-                f"static images need a working Chrome/Chromium, but {where} did not start: {_one_line(e)}"
-            ) from e
-        except _RenderFailed as e:
-            raise ImageExportError(
-                f"could not render figure {e.job.name!r} as {e.job.fmt}: {type(e.cause).__name__}: {_one_line(e.cause)}"
-            ) from e.cause
+    _render_batch(jobs, _render_options(width, height, scale), chrome)
     return [job.path for job in jobs]

@@ -2,7 +2,8 @@
 
 Used to check that the dashboard renders (no JavaScript errors, every figure drawn) and to take the
 README screenshot. No Python dependency: the browser is driven over the Chrome DevTools Protocol on
-``--remote-debugging-pipe`` (null-terminated JSON on file descriptors 3 and 4 of the browser).
+``--remote-debugging-pipe`` (null-terminated JSON on file descriptors 3 and 4 of the browser). Which
+browser: :func:`find_chromium` (``$RANKSEARCH_CHROMIUM`` first), the same one static images use.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import html
 import json
 import os
-import re
 import select
-import shutil
 import subprocess
 import tempfile
 import time
@@ -23,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ranksearch.errors import RanksearchError
+from ..errors import RanksearchError
+from ._chromium import executable, find_chromium
+from ._page_errors import HOOK_JS, errors_element, event_errors, exception_text, merge
 
 __all__ = [
     "BrowserError",
@@ -35,10 +35,8 @@ __all__ = [
     "screenshot",
 ]
 
-CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 MAX_HEIGHT = 16_384  # Chrome's largest texture: taller full-page screenshots come back cut or blank
 SETTLE_MS = 150  # after the load event: plotly's deferred work, late promise rejections, resize handlers
-ERRORS_ELEMENT = "ranksearch-js-errors"  # <pre> the dashboard's own error hook writes to (one error a line)
 
 
 class BrowserError(RanksearchError):
@@ -58,17 +56,6 @@ class PageRender:
     screenshot: bytes  # PNG
 
 
-def find_chromium() -> str | None:
-    """The browser to use: $RANKSEARCH_CHROMIUM, $BROWSER_PATH, else the first Chrome/Chromium on PATH."""
-    for var in ("RANKSEARCH_CHROMIUM", "BROWSER_PATH"):
-        if os.environ.get(var):
-            return os.environ[var]
-    for name in CANDIDATES:
-        if found := shutil.which(name):
-            return found
-    return None
-
-
 def render_page(
     html_path: str | os.PathLike[str],
     *,
@@ -85,13 +72,13 @@ def render_page(
         session = browser.open_page(width, height)
         browser.load(session, path.resolve().as_uri())
         dom = browser.evaluate(session, _DOM_JS)
-        hook = browser.evaluate(session, _HOOK_JS)
+        hook = browser.evaluate(session, HOOK_JS)
         no_webgl = browser.evaluate(session, "document.querySelectorAll('.no-webgl').length")
         if full_page:
             page_height = browser.evaluate(session, _HEIGHT_JS)
             browser.resize(session, width, max(1, min(int(page_height), MAX_HEIGHT)))
         png = browser.send("Page.captureScreenshot", {"format": "png"}, session)["data"]
-        errors = _merge(browser.errors(), hook or _errors_element(dom))
+        errors = merge(event_errors(browser.events), hook or errors_element(dom))
     if no_webgl:  # plotly draws a notice instead of the figure, and raises nothing
         errors.append(f"plotly: {no_webgl} figure(s) not drawn: this browser has no WebGL")
     return PageRender(dom=dom, errors=errors, screenshot=base64.b64decode(png))
@@ -130,7 +117,6 @@ _DOM_JS = (
     "(document.doctype ? new XMLSerializer().serializeToString(document.doctype) : '')"
     " + document.documentElement.outerHTML"
 )
-_HOOK_JS = "Array.isArray(window.__ranksearchErrors) ? window.__ranksearchErrors.map(String) : null"
 _HEIGHT_JS = (  # the content's height: scrollHeight alone is never less than the viewport's
     "Math.ceil(Math.max(document.documentElement.getBoundingClientRect().height,"
     " document.body ? document.body.scrollHeight : 0))"
@@ -154,15 +140,15 @@ class _Browser:
         self.buffer = b""
 
     def __enter__(self) -> _Browser:
-        executable = find_chromium()
-        if executable is None:
+        path = find_chromium()
+        if path is None:
             raise BrowserUnavailable(
                 "no Chrome/Chromium found: install the distribution's chromium package (apt-get install chromium)"
                 " or set RANKSEARCH_CHROMIUM"
             )
-        if shutil.which(executable) is None:
+        if executable(path) is None:
             raise BrowserUnavailable(
-                f"{executable} is not an executable file: fix RANKSEARCH_CHROMIUM / BROWSER_PATH or unset them"
+                f"{path} is not an executable file: fix RANKSEARCH_CHROMIUM / BROWSER_PATH or unset them"
             )
         self.tmp = tempfile.TemporaryDirectory(prefix="ranksearch-chromium-", ignore_cleanup_errors=True)
         self.log = open(os.path.join(self.tmp.name, "stderr.log"), "wb")  # closed in _close_fds
@@ -175,7 +161,7 @@ class _Browser:
 
         try:
             self.process = subprocess.Popen(
-                [executable, *_flags(os.path.join(self.tmp.name, "profile"))],
+                [path, *_flags(os.path.join(self.tmp.name, "profile"))],
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,
                 stderr=self.log,
@@ -185,9 +171,7 @@ class _Browser:
             )
         except OSError as exc:
             self._close_fds()
-            raise BrowserUnavailable(
-                f"cannot start {executable}: {exc}: set RANKSEARCH_CHROMIUM to a working one"
-            ) from exc
+            raise BrowserUnavailable(f"cannot start {path}: {exc}: set RANKSEARCH_CHROMIUM to a working one") from exc
         finally:
             os.close(to_child)
             os.close(from_child)
@@ -298,25 +282,9 @@ class _Browser:
         result = self.send("Runtime.evaluate", params, session)
         if "exceptionDetails" in result:
             raise BrowserError(
-                f"evaluating {expression[:40]!r}... failed: {_exception_text(result['exceptionDetails'])}"
+                f"evaluating {expression[:40]!r}... failed: {exception_text(result['exceptionDetails'])}"
             )
         return result["result"].get("value")
-
-    def errors(self) -> list[str]:
-        """The JavaScript errors among the events received so far, in order."""
-        found = []
-        for event in self.events:
-            params = event.get("params", {})
-            if event.get("method") == "Runtime.exceptionThrown":
-                found.append(_exception_text(params["exceptionDetails"]))
-            elif event.get("method") == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                text = " ".join(_remote_text(arg) for arg in params.get("args", []))
-                found.append(f"console.{params['type']}: {text}{_location(params.get('stackTrace'))}")
-            elif event.get("method") == "Log.entryAdded" and params["entry"].get("level") == "error":
-                entry = params["entry"]
-                where = f" ({entry['url']})" if entry.get("url") else ""
-                found.append(f"{entry.get('source', 'log')}: {entry.get('text', '')}{where}")
-        return found
 
 
 def _pipe() -> tuple[int, int]:
@@ -351,59 +319,3 @@ def _flags(profile: str) -> list[str]:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         flags.insert(0, "--no-sandbox")  # Chromium refuses to start as root with its sandbox on
     return flags
-
-
-def _exception_text(details: dict[str, Any]) -> str:
-    exception = details.get("exception") or {}
-    message = (exception.get("description") or _remote_text(exception)) if exception else ""
-    first_line = message.splitlines()[0] if message else ""
-    text = details.get("text", "Uncaught")
-    joined = f"{text} {first_line}" if first_line and first_line not in text else text
-    return f"{joined}{_location(details)}"
-
-
-def _remote_text(obj: dict[str, Any]) -> str:
-    if "value" in obj:
-        return obj["value"] if isinstance(obj["value"], str) else json.dumps(obj["value"])
-    return str(obj.get("description") or obj.get("unserializableValue") or obj.get("type", ""))
-
-
-def _location(where: dict[str, Any] | None) -> str:
-    """`` (url:line)`` from exceptionDetails or a stackTrace, or ''."""
-    if not where:
-        return ""
-    if "callFrames" in where:
-        frames = where["callFrames"]
-        where = frames[0] if frames else {}
-    url = where.get("url")
-    return f" ({url}:{where.get('lineNumber', 0) + 1})" if url else ""
-
-
-def _errors_element(dom: str) -> list[str]:
-    """The lines of the dashboard's ``<pre id="ranksearch-js-errors">``, if it has one."""
-    match = re.search(rf'<pre[^>]*\bid="{ERRORS_ELEMENT}"[^>]*>(.*?)</pre>', dom, re.DOTALL)
-    if not match:
-        return []
-    text = html.unescape(re.sub(r"<[^>]+>", "", match.group(1)))
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _merge(seen: list[str], hooked: list[str]) -> list[str]:
-    """``seen`` plus each ``hooked`` message that does not repeat one of them.
-
-    The same error reads differently in the two sources ("Uncaught Error: boom (page.html:3)" against,
-    say, "Unhandled rejection: boom"), so they are compared on what follows the last ": ".
-    """
-
-    def key(message: str) -> str:
-        message = re.sub(r" \([^()]*:\d+\)$", "", message.strip())  # our " (url:line)" suffix
-        return message.rsplit(": ", 1)[-1].strip()
-
-    def same(a: str, b: str) -> bool:
-        return a == b or (min(len(a), len(b)) >= 8 and (a in b or b in a))
-
-    merged = list(dict.fromkeys(seen))
-    for message in dict.fromkeys(hooked):
-        if not any(same(key(message), key(m)) for m in merged):
-            merged.append(message)
-    return merged
