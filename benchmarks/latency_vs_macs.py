@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
 
-from ranksearch.apply import apply_resolved
+from ranksearch.compress import apply_resolved
 from ranksearch.latency import LatencyEstimator, LatencySettings, LatencyTable
 from ranksearch.runner import prepare
 from ranksearch.studyfile import load_study_file

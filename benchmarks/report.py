@@ -61,10 +61,11 @@ from ranksearch.decompositions import get_method
 from ranksearch.errors import RanksearchError
 from ranksearch.evaluator import DenseMeasurement, Evaluation, EvaluatorSettings
 from ranksearch.models import build_model
-from ranksearch.objectives import check_objectives
+from ranksearch.objectives import WARM_START_FRACTIONS, check_objectives
+from ranksearch.record import param_name
 from ranksearch.report import figures, write_report
 from ranksearch.space import LayerChoices, SearchSpace
-from ranksearch.study import WARM_START_FRACTIONS, WARM_START_METHODS, RankSearch, _jsonable, load_results, param_names
+from ranksearch.study import WARM_START_METHODS, RankSearch, load_results
 
 TARGET_SECONDS = 10.0
 STUDY_NAME = "bench_report"
@@ -161,11 +162,11 @@ def params_of(layers: dict[str, LayerChoices], picks: dict) -> tuple[dict, dict]
     distributions: dict[str, optuna.distributions.BaseDistribution] = {}
     for name, (method, fraction) in picks.items():
         layer = layers[name]
-        params[param_names(name)] = method
-        distributions[param_names(name)] = optuna.distributions.CategoricalDistribution(layer.methods)
+        params[param_name(name)] = method
+        distributions[param_name(name)] = optuna.distributions.CategoricalDistribution(layer.methods)
         if method != DENSE:
-            params[param_names(name, method)] = fraction
-            distributions[param_names(name, method)] = optuna.distributions.CategoricalDistribution(layer.fractions)
+            params[param_name(name, method)] = fraction
+            distributions[param_name(name, method)] = optuna.distributions.CategoricalDistribution(layer.fractions)
     return params, distributions
 
 
@@ -267,11 +268,8 @@ def build_study(
             config = SearchSpace.to_config(layers, picks)
             fail = number >= len(warm) and rng.random() < 0.02
             result = evaluation(rng, config, picks, costs, sensitivity, dense.accuracy, fail)
-            attrs = {name: _jsonable(value) for name, value in result.attributes().items()}
-            values = tuple(
-                {"accuracy": result.accuracy, "macs": result.macs_ratio, "params": result.params_ratio}[o]
-                for o in objectives
-            )
+            attrs = result.attributes()
+            values = tuple(result.objective(o) for o in objectives)
             if fail:
                 state = optuna.trial.TrialState.FAIL
             else:

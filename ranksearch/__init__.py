@@ -12,55 +12,68 @@ The core API::
     search.optimize(n_trials=50); search.pareto_front()
     search.figures(); search.report("runs/my-study")   # plotly figures; tables + HTML dashboard
     choice = search.choose(max_costs={"macs": 0.5})      # or trial=, min_accuracy=, knee=True
+    search.export("runs/my-model", max_costs={"macs": 0.5}, epochs=3)   # rebuild, fine-tune, save
     rs.save("model.pt", small, cfg, model); rs.load("model.pt", base_model=model)
 
-``RankSearch`` is the only part that needs Optuna; it is imported on first use.
+Every name is imported on first use, so ``import ranksearch`` (and commands such as ``ranksearch
+report``) does not pay for torch, tensorly or Optuna until they are needed.
 """
 
 from __future__ import annotations
 
-from ._version import __version__
-from .apply import apply
-from .cache import FactorCache
-from .config import CompressionConfig
-from .costs import CostReport, compare, count
-from .decompositions import Decomposition, FactorizedLayer, available_methods, get_method
-from .errors import ConfigError, RanksearchError, UnsupportedLayerError
-from .evaluator import Evaluator, EvaluatorSettings
-from .layers import LayerInfo, compressible_layers, skipped_layers
-from .saving import load, save
-from .space import SearchSpace
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "CompressionConfig",
-    "ConfigError",
-    "CostReport",
-    "Decomposition",
-    "Evaluator",
-    "EvaluatorSettings",
-    "FactorCache",
-    "FactorizedLayer",
-    "LayerInfo",
-    "RankSearch",
-    "RanksearchError",
-    "SearchSpace",
-    "UnsupportedLayerError",
-    "__version__",
-    "apply",
-    "available_methods",
-    "compare",
-    "compressible_layers",
-    "count",
-    "get_method",
-    "load",
-    "save",
-    "skipped_layers",
-]
+from ._version import __version__
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from .cache import FactorCache
+    from .compress import apply
+    from .config import CompressionConfig
+    from .costs import CostReport, compare, count
+    from .decompositions import Decomposition, FactorizedLayer, available_methods, get_method
+    from .errors import ConfigError, RanksearchError, UnsupportedLayerError
+    from .evaluator import Evaluator, EvaluatorSettings
+    from .layers import LayerInfo, compressible_layers, skipped_layers
+    from .saving import load, save
+    from .space import SearchSpace
+    from .study import RankSearch
+
+_WHERE = {
+    "apply": "compress",
+    "FactorCache": "cache",
+    "CompressionConfig": "config",
+    "CostReport": "costs",
+    "compare": "costs",
+    "count": "costs",
+    "Decomposition": "decompositions",
+    "FactorizedLayer": "decompositions",
+    "available_methods": "decompositions",
+    "get_method": "decompositions",
+    "ConfigError": "errors",
+    "RanksearchError": "errors",
+    "UnsupportedLayerError": "errors",
+    "Evaluator": "evaluator",
+    "EvaluatorSettings": "evaluator",
+    "LayerInfo": "layers",
+    "compressible_layers": "layers",
+    "skipped_layers": "layers",
+    "load": "saving",
+    "save": "saving",
+    "SearchSpace": "space",
+    "RankSearch": "study",
+}
+
+__all__ = sorted([*_WHERE, "__version__"])
 
 
 def __getattr__(name: str) -> object:
-    if name == "RankSearch":  # the Optuna edge, imported only when asked for
-        from .study import RankSearch
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ranksearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return RankSearch
-    raise AttributeError(f"module 'ranksearch' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -12,29 +12,18 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .apply import apply_resolved
-from .cache import FactorCache
-from .config import CompressionConfig
-from .costs import compare, count
 from .errors import RanksearchError
-from .finetune import finetune_epochs
-from .layers import compressible_layers, skipped_layers
-from .models import available_models, build_model
-from .report import StudyResults, choose, write_report
-from .saving import save
-from .storage import beside_storage
-from .studyfile import load_study_file
+
+if TYPE_CHECKING:  # imported where used: `ranksearch report` needs neither torch nor tensorly
+    from .report import StudyResults
+    from .study import RankSearch
 
 __all__ = ["main"]
 
@@ -55,9 +44,28 @@ def _formats(text: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
+class _BuiltinModels:
+    """The built-in model names as argparse choices, read on first use (the models module imports torch)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from .models import available_models
+
+        return available_models()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="resnet20", choices=available_models(), help="built-in model (default: resnet20)"
+        "--model",
+        default="resnet20",
+        choices=_BuiltinModels(),
+        metavar="NAME",
+        help="built-in model: %(choices)s (default: resnet20)",
     )
     parser.add_argument("--in-channels", type=int, default=3, help="input channels of the model (default: 3)")
     parser.add_argument("--num-classes", type=int, default=10, help="output classes of the model (default: 10)")
@@ -119,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_layers(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .layers import compressible_layers, skipped_layers
+    from .models import build_model
+
     model = build_model(args.model, in_channels=args.in_channels, num_classes=args.num_classes)
     rows = [
         {
@@ -139,6 +152,12 @@ def _print_layers(args: argparse.Namespace) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
+    from .cache import FactorCache
+    from .compress import apply_resolved
+    from .config import CompressionConfig
+    from .costs import compare, count
+    from .models import build_model
+
     model = build_model(args.model, in_channels=args.in_channels, num_classes=args.num_classes).eval()
     config = CompressionConfig.load(args.config)
     cache = FactorCache()
@@ -169,6 +188,9 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 def _run_study(args: argparse.Namespace) -> None:
     from .runner import prepare_search  # imports Optuna: only for the commands that need it
+    from .storage import beside_storage
+    from .studyfile import load_study_file
+    from .workers import check_local_workers, run_worker, run_workers
 
     study_file = load_study_file(args.study_file)
     budget = study_file.study.n_trials if args.n_trials is None else args.n_trials
@@ -178,105 +200,66 @@ def _run_study(args: argparse.Namespace) -> None:
         raise RanksearchError(f"--workers must be >= 1, got {args.workers}")
     timeout = args.timeout if args.timeout is not None else study_file.study.timeout
     if args.worker is not None:
-        _run_worker(args, study_file, budget, timeout)
+        workers = {"worker": args.worker, "workers": args.workers, "budget": budget, "storage": args.storage}
+        run_worker(study_file, **workers, seed=args.seed, timeout=timeout)
         return
     search = prepare_search(study_file, storage=args.storage, sampler_seed=args.seed)
-    if args.workers > 1:
-        _check_local_workers(search, args.workers)
-    dense = search.evaluator.dense
+    check_local_workers(search.evaluator.latency is not None, args.workers)
     todo = search.remaining(budget)
-    print(
-        f"study {study_file.study.name!r} in {search.storage_url}: {len(search.layers)} layers searched, "
-        f"dense accuracy {dense.accuracy:.4f}, {dense.macs:,} MACs, {dense.params:,} params; "
-        f"{budget - todo}/{budget} trials done, running {todo}"
-        + (f" on {args.workers} workers" if args.workers > 1 and todo else "")
-    )
+    _print_study_header(search, study_file.study.name, budget, todo, args.workers)
+    report_folder = beside_storage(search.storage_url, study_file.study.name)
     try:
         if args.workers > 1 and todo:
-            _run_workers(args, search.storage_url, budget, timeout)
+            run_workers(args.study_file, search.storage_url, budget=budget, workers=args.workers, seed=args.seed,
+                        timeout=timeout)  # fmt: skip
         else:
             search.optimize(budget=budget, timeout=timeout)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {search.remaining(budget)} trials left; run the same command again to continue")
         results = search.results()
         if not args.no_report and not results.completed().empty:  # the report of what is done
-            _write_report(results, beside_storage(search.storage_url, results.name), study_file=args.study_file)
+            _write_report(results, report_folder, study_file=args.study_file)
         raise
     timing = _time_front(search) if search.evaluator.latency is not None else None
     results = search.results()  # read once, after the front's latencies are stored
     if timing is not None:
         _print_latency_check(results, *timing)
+    _print_front(results)
+    if not args.no_report:
+        _write_report(results, report_folder, study_file=args.study_file)
+
+
+def _print_study_header(search: RankSearch, name: str, budget: int, todo: int, workers: int) -> None:
+    dense = search.evaluator.dense
+    print(
+        f"study {name!r} in {search.storage_url}: {len(search.layers)} layers searched, "
+        f"dense accuracy {dense.accuracy:.4f}, {dense.macs:,} MACs, {dense.params:,} params; "
+        f"{budget - todo}/{budget} trials done, running {todo}"
+        + (f" on {workers} workers" if workers > 1 and todo else "")
+    )
+
+
+def _print_front(results: StudyResults) -> None:
     front = results.pareto()
-    columns = [
-        c
-        for c in (
-            *search.objectives,
-            "accuracy_zero_shot",
-            "accuracy_recalibrated",
-            "params_ratio",
-            "latency_ms",
-            "latency_measured_ms",
-            "methods",
-        )
-        if c in front.columns and front[c].notna().any()  # no latency columns for a study without latency
-    ]
+    wanted = (
+        *results.objectives,
+        "accuracy_zero_shot",
+        "accuracy_recalibrated",
+        "params_ratio",
+        "latency_ms",
+        "latency_measured_ms",
+        "methods",
+    )
+    # no latency columns for a study without latency
+    columns = [c for c in wanted if c in front.columns and front[c].notna().any()]
     print(
         f"\nPareto front ({len(front)} of {len(results.completed())} measured configs; "
         "macs/params are fractions of the dense model):"
     )
     print(front[["trial", *dict.fromkeys(columns)]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if not args.no_report:
-        _write_report(results, beside_storage(search.storage_url, results.name), study_file=args.study_file)
 
 
-def _check_local_workers(search: object, workers: int) -> None:
-    """Several workers on one machine must not time latency: they would disturb each other's timings."""
-    if search.evaluator.latency is not None:
-        raise RanksearchError(
-            f"--workers {workers}: this study measures latency, and workers on one machine would disturb each "
-            "other's timings; run it with one worker per machine"
-        )
-
-
-def _run_workers(args: argparse.Namespace, storage: str, budget: int, timeout: float | None) -> None:
-    """Start ``args.workers`` processes on the prepared study and wait for them (the budget is shared exactly)."""
-    command = [sys.executable, "-m", "ranksearch.cli", "run", args.study_file, "--storage", storage]
-    command += ["--n-trials", str(budget), "--workers", str(args.workers)]
-    if args.seed is not None:
-        command += ["--seed", str(args.seed)]
-    if timeout is not None:
-        command += ["--timeout", str(timeout)]
-    workers = [subprocess.Popen([*command, "--worker", str(k)]) for k in range(1, args.workers + 1)]
-    try:
-        statuses = [worker.wait() for worker in workers]
-    except KeyboardInterrupt:  # Ctrl-C reached the workers too: each stops its trial and exits
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        raise
-    if 130 in statuses or -signal.SIGINT in statuses:
-        raise KeyboardInterrupt
-    failed = [f"worker {k} exited with status {status}" for k, status in enumerate(statuses, 1) if status != 0]
-    if failed:
-        raise RanksearchError("; ".join(failed) + " (its messages are above); run the same command again to continue")
-
-
-def _run_worker(args: argparse.Namespace, study_file: object, budget: int, timeout: float | None) -> None:
-    """Worker K of ``--workers N``: its own sampler seed (the seed + K), its share of the CPU threads."""
-    import torch
-
-    from .runner import prepare_search
-
-    if study_file.evaluator.threads is None:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
-    seed = (study_file.study.seed if args.seed is None else args.seed) + args.worker
-    search = prepare_search(study_file, storage=args.storage, sampler_seed=seed, log=lambda _: None)
-    search.optimize(budget=budget, timeout=timeout, label=f"worker {args.worker}")
-
-
-def _time_front(search: object) -> tuple[int, float]:
+def _time_front(search: RankSearch) -> tuple[int, float]:
     """Time the whole model of each Pareto config not timed yet: (how many, seconds)."""
     start = time.perf_counter()
     timed = search.measure_front_latency()
@@ -296,6 +279,8 @@ def _print_latency_check(results: StudyResults, timed: int, seconds: float) -> N
 
 
 def _write_report(results: StudyResults, folder: Path, **options: object) -> None:
+    from .report import write_report
+
     files = write_report(results, folder, **options)
     print(f"\nreport: {files.html} ({files.seconds:.1f} s; tables in {files.folder})")
     for path in files.images:
@@ -307,13 +292,15 @@ def _write_report(results: StudyResults, folder: Path, **options: object) -> Non
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .study import load_results
+    from .storage import beside_storage
+    from .study import load_results  # RankSearch is not imported: no model, no torch
+    from .studyfile import load_study_section
 
     if args.study_file is not None:
         if args.study:
             raise RanksearchError("give a study file or --storage with --study, not both")
-        study_file = load_study_file(args.study_file)
-        storage, name = args.storage or study_file.storage, study_file.study.name
+        study = load_study_section(args.study_file)
+        storage, name = args.storage or study.storage_url, study.name
     elif args.storage and args.study:
         storage, name = args.storage, args.study
     else:
@@ -337,87 +324,22 @@ def _report(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .runner import prepare
     from .study import load_results
+    from .studyfile import load_study_file
 
     study_file = load_study_file(args.study_file)
     storage = args.storage or study_file.storage
-    results = load_results(storage, study_file.study.name)  # before prepare(): it would create a new study
+    load_results(storage, study_file.study.name)  # before prepare(), which would create a new, empty study
+    if args.epochs < 0:
+        raise RanksearchError(f"--epochs must be >= 0, got {args.epochs}")
     caps = {
         cost: cap
         for cost, cap in (("macs", args.max_macs), ("params", args.max_params), ("latency", args.max_latency))
         if cap is not None
     }
-    choice = choose(
-        results,
-        trial=args.trial,
-        max_costs=caps,
-        min_accuracy=args.min_accuracy,
-        max_accuracy_drop=args.max_accuracy_drop,
-        knee=args.knee,
-    )
-    if args.epochs < 0:
-        raise RanksearchError(f"--epochs must be >= 0, got {args.epochs}")
-    print(f"chosen: {choice.rule}")
+    rule = {"trial": args.trial, "max_costs": caps, "min_accuracy": args.min_accuracy,
+            "max_accuracy_drop": args.max_accuracy_drop, "knee": args.knee}  # fmt: skip
     prepared = prepare(study_file, storage=storage)
-    evaluator, config, row = prepared.search.evaluator, results.config(choice.trial), choice.row
-    result = evaluator.evaluate(config, keep_model=True)
-    if result.failure is not None:
-        raise RanksearchError(f"trial {choice.trial} could not be rebuilt: {result.failure}")
-    if (result.macs, result.params) != (row["macs_count"], row["params_count"]):
-        raise RanksearchError(
-            f"trial {choice.trial} recorded {row['macs_count']:,} MACs / {row['params_count']:,} params but its "
-            f"config gives {result.macs:,} / {result.params:,} here: the model differs from the study's"
-        )
-    print(
-        f"rebuilt trial {choice.trial}: {result.macs:,} MACs ({result.macs_ratio:.1%} of dense), {result.params:,} "
-        f"params ({result.params_ratio:.1%}); accuracy {result.accuracy:.4f} (recorded {row['accuracy']:.4f})"
-    )
-    model, metadata = (
-        result.model,
-        {
-            "study": results.name,
-            "storage": storage,
-            "trial": choice.trial,
-            "rule": choice.rule,
-            "accuracy_recorded": float(row["accuracy"]),
-            "accuracy": result.accuracy,
-            "macs": result.macs,
-            "params": result.params,
-            "macs_ratio": result.macs_ratio,
-            "params_ratio": result.params_ratio,
-        },
-    )
-    if args.epochs:
-        before = result.accuracy
-        finetune_epochs(model, prepared.train_loader, epochs=args.epochs, lr=args.lr, device=evaluator.settings.device)
-        after = evaluator.measure(model)
-        metadata.update(finetune_epochs=args.epochs, finetune_lr=args.lr, accuracy=after, accuracy_before=before)
-        print(
-            f"fine-tuned {args.epochs} epochs: accuracy {before:.4f} -> {after:.4f} "
-            f"(dense {results.dense['accuracy']:.4f})"
-        )
-    folder = Path(args.out) if args.out else beside_storage(storage, results.name) / f"trial-{choice.trial}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RanksearchError(f"cannot create the export folder {str(folder)!r}: {error.strerror}") from None
-    config.save(folder / "config.json")
-    model = model.cpu().eval()
-    path = save(
-        folder / "model.pt", model, config, prepared.model.cpu(), builtin=prepared.builtin, metadata=metadata,
-        cache=evaluator.cache,
-    )  # fmt: skip
-    print(f"config: {folder / 'config.json'}\nmodel: {path}")
-    load_hint = "rs.load(path)" if prepared.builtin else "rs.load(path, base_model=YourModel())"
-    print(f"  load it with: import ranksearch as rs; model = {load_hint}")
-    if args.onnx:
-        from .onnx_export import export_onnx
-
-        example = evaluator.val_batches[0][0][:1].cpu()
-        onnx = export_onnx(model, example, folder / "model.onnx")
-        print(
-            f"onnx: {onnx.path}"
-            + (f" (max |onnxruntime - torch| = {onnx.max_abs_diff:.2e})" if onnx.max_abs_diff is not None else "")
-        )
+    prepared.search.export(args.out, epochs=args.epochs, lr=args.lr, onnx=args.onnx, builtin=prepared.builtin, **rule)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

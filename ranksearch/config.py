@@ -30,11 +30,10 @@ from torch import nn
 from .decompositions import Decomposition, Rank, get_method
 from .errors import ConfigError, UnsupportedLayerError
 from .layers import _layer_reasons
+from .record import DENSE  # re-exported here: configs name the kept layers with it
 
 __all__ = ["DENSE", "CompressionConfig", "ResolvedLayer"]
 
-DENSE = "dense"
-"""The method name that keeps a layer as it is."""
 
 FORMAT = "ranksearch.compression-config"
 VERSION = 1

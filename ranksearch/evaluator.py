@@ -14,23 +14,24 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .apply import apply_resolved
+from ._fixed_data import check_model_on_data, take_batches
 from .cache import FactorCache
-from .config import CompressionConfig
+from .compress import apply_resolved
+from .config import CompressionConfig, ResolvedLayer
 from .costs import count
 from .errors import RanksearchError
 from .latency import LatencyEstimator, LatencySettings, LatencyTable
+from .record import Measurements, trial_attributes
 
 __all__ = ["DenseMeasurement", "Evaluation", "Evaluator", "EvaluatorSettings"]
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -49,8 +50,7 @@ class EvaluatorSettings:
         accuracy_floor: skip the fine-tune when the recalibrated accuracy is below this (0 = never).
         device: torch device for fine-tune and evaluation, e.g. "cpu" or "cuda".
         threads: CPU threads for torch (``torch.set_num_threads``, process-wide); None keeps torch's
-            default. On a busy machine fewer threads than cores avoids oversubscription, which slowed a
-            training step 5x here when another process held one of the two cores.
+            default. On a busy machine fewer threads than cores avoids oversubscription.
         seed: seeds the fine-tune (the same seed gives the same metrics on CPU).
         amp: mixed precision for fine-tune and evaluation on CUDA: ``"bfloat16"`` or ``"float16"``
             (autocast; float16 with loss scaling); None runs in float32.
@@ -112,89 +112,22 @@ class DenseMeasurement:
     latency_seconds: float | None = None
 
 
-@dataclass
-class Evaluation:
-    """Everything measured for one config (what the study stores as trial user attributes).
-
-    Accuracies are on the fixed validation subset: ``accuracy_zero_shot`` right after decomposition,
-    ``accuracy_recalibrated`` after BatchNorm recalibration (None without BatchNorm), ``accuracy_finetuned``
-    after the fine-tune (None when skipped, with ``finetune_skipped`` saying why); ``accuracy`` is the last
-    of these. ``seconds`` holds wall times: ``decompose`` (apply from the factor cache), ``cost`` (MAC
-    count and weight errors), ``recalibrate`` (both measurements before the fine-tune, recalibration
-    included), ``finetune``, ``evaluate`` (the final measurement) and ``total``.
-    """
+@dataclass(kw_only=True)
+class Evaluation(Measurements):
+    """Everything measured for one config (the fields of :class:`~ranksearch.record.Measurements`), the
+    config itself, and the compressed model when asked for."""
 
     config: CompressionConfig
-    macs: int = 0
-    params: int = 0
-    macs_ratio: float = 1.0
-    params_ratio: float = 1.0
-    accuracy: float = float("nan")
-    accuracy_zero_shot: float = float("nan")
-    accuracy_recalibrated: float | None = None
-    accuracy_finetuned: float | None = None
-    latency_seconds: float | None = None
-    latency_ratio: float | None = None
-    latency_measured_seconds: float | None = None
-    finetune_skipped: str | None = None
-    failure: str | None = None
-    layer_errors: dict[str, float] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
     """The compressed, fine-tuned model, kept only when asked (``evaluate(..., keep_model=True)``)."""
 
     def attributes(self) -> dict[str, object]:
-        """JSON-ready attributes: the config as its JSON dict, everything else but the model as is."""
-        attrs = {
-            f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ("config", "model")
-        }
-        return {"config": self.config.to_dict(), **attrs}
+        """The user attributes a study stores for this trial (:func:`ranksearch.record.trial_attributes`)."""
+        return trial_attributes(self.config.to_dict(), self)
 
 
 def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == targets).float().mean().item()
-
-
-def _take(loader: Iterable, count_: int | None, device: torch.device, what: str, seed: int) -> list[Batch]:
-    """The first ``count_`` batches of ``loader`` (cycling if it is shorter), on ``device``.
-
-    The shuffle order is drawn from ``seed`` (through the loader's own generator, if it has one, whose
-    state is restored afterwards, and the global RNG, forked), so the batches depend on the seed only.
-    """
-    generator = getattr(loader, "generator", None)
-    saved = generator.get_state() if isinstance(generator, torch.Generator) else None
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            if saved is not None:
-                generator.manual_seed(seed)
-            return _collect(loader, count_, device, what)
-    finally:
-        if saved is not None:
-            generator.set_state(saved)
-
-
-def _collect(loader: Iterable, count_: int | None, device: torch.device, what: str) -> list[Batch]:
-    batches: list[Batch] = []
-    for batch in loader:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not all(torch.is_tensor(t) for t in batch[:2]):
-            raise RanksearchError(
-                f"the {what} loader must yield (inputs, targets) tensor pairs, got {type(batch).__name__}"
-            )
-        inputs, targets = batch[0], batch[1]
-        if inputs.shape[0] == 0 or inputs.shape[0] != targets.shape[0]:
-            raise RanksearchError(
-                f"the {what} loader yielded inputs of shape {tuple(inputs.shape)} with targets of shape "
-                f"{tuple(targets.shape)}: they must have the same non-zero batch size"
-            )
-        batches.append((inputs.to(device), targets.to(device)))
-        if count_ is not None and len(batches) >= count_:
-            break
-    if not batches:
-        raise RanksearchError(f"the {what} loader is empty")
-    if count_ is not None:
-        batches = [batches[i % len(batches)] for i in range(count_)]
-    return batches
 
 
 class Evaluator:
@@ -235,11 +168,11 @@ class Evaluator:
         self.cache = cache or FactorCache()
         need = max(self.settings.finetune_steps, self.settings.bn_batches, 1)
         seed = self.settings.seed
-        self.train_batches = _take(train_loader, need, self.device, "training", seed)
-        self.val_batches = _take(val_loader, self.settings.eval_batches, self.device, "validation", seed)
+        self.train_batches = take_batches(train_loader, need, self.device, "training", seed)
+        self.val_batches = take_batches(val_loader, self.settings.eval_batches, self.device, "validation", seed)
         if self.settings.eval_batches is not None and len(self.val_batches) > self.settings.eval_batches:
             self.val_batches = self.val_batches[: self.settings.eval_batches]
-        self._check_model_on_data()
+        check_model_on_data(self.model, self.val_batches, self.train_batches, class_labels=self.metric is _accuracy)
         input_shape = (1, *self.val_batches[0][0].shape[1:])
         cost = count(self.model, input_shape)
         self.latency = (
@@ -252,37 +185,6 @@ class Evaluator:
         if self.settings.amp is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
-
-    def _check_model_on_data(self) -> None:
-        for name, parameter in self.model.named_parameters():  # NaN/inf weights: every trial would fail
-            if parameter.is_floating_point() and not torch.isfinite(parameter).all():
-                raise RanksearchError(f"the model's parameter {name!r} has non-finite values (NaN or inf)")
-        for what, batches in (("validation", self.val_batches), ("training", self.train_batches)):
-            if any(not torch.isfinite(x).all() for x, _ in batches if x.is_floating_point()):
-                raise RanksearchError(f"the {what} data contains NaN or infinite values")
-        inputs = self.val_batches[0][0]
-        try:
-            with torch.no_grad():
-                logits = self.model(inputs)
-        except Exception as error:
-            raise RanksearchError(
-                f"the model's forward pass fails on a validation batch of shape {tuple(inputs.shape)}: {error}"
-            ) from error
-        if torch.is_tensor(logits) and logits.is_floating_point() and logits.isnan().any():
-            raise RanksearchError(
-                f"the model's output on a validation batch of shape {tuple(inputs.shape)} contains NaN values "
-                "(its weights and the data are finite: check its buffers, e.g. BatchNorm statistics, and its forward)"
-            )
-        if self.metric is _accuracy:
-            if logits.ndim != 2:
-                raise RanksearchError(f"the model must output (batch, classes) logits, got shape {tuple(logits.shape)}")
-            for what, batches in (("validation", self.val_batches), ("training", self.train_batches)):
-                labels = torch.cat([t for _, t in batches])
-                if labels.is_floating_point() or labels.min() < 0 or labels.max() >= logits.shape[1]:
-                    raise RanksearchError(
-                        f"{what} labels must be integer class indices in [0, {logits.shape[1]}) for a model with "
-                        f"{logits.shape[1]} outputs, got values in [{labels.min().item()}, {labels.max().item()}]"
-                    )
 
     # --- measurements -------------------------------------------------------------------------
     def measure(self, model: nn.Module) -> float:
@@ -351,53 +253,77 @@ class Evaluator:
         """
         resolved = config.resolve(self.model)  # a bad config is an error, not a failed trial
         result = Evaluation(config=config)
-        clock = time.perf_counter()
-        start = clock
+        watch = _Stopwatch(result.seconds)
         torch.manual_seed(self.settings.seed)
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            result.seconds[name] = now - clock
-            clock = now
-
         try:
             model = apply_resolved(self.model, resolved, cache=self.cache)
-            lap("decompose")
-            result.layer_errors = {
-                layer.name: self.cache.relative_error(layer.module, layer.method, layer.rank) for layer in resolved
-            }
-            cost = count(model, self.dense.input_shape)
-            result.macs, result.params = cost.macs, cost.params
-            result.macs_ratio, result.params_ratio = cost.macs / self.dense.macs, cost.params / self.dense.params
-            lap("cost")
-            if self.latency is not None:
-                result.latency_seconds = self.latency.predict(resolved, model)
-                result.latency_ratio = result.latency_seconds / self.latency.dense_seconds
-                if measure_latency:
-                    result.latency_measured_seconds = self.latency.measure_model(model)
-                lap("latency")
-            result.accuracy = result.accuracy_zero_shot = self.measure(model)
-            if self.recalibrate(model):
-                result.accuracy = result.accuracy_recalibrated = self.measure(model)
-            lap("recalibrate")
-            if self.settings.finetune_steps == 0:
-                result.finetune_skipped = "finetune_steps is 0"
-            elif result.accuracy < self.settings.accuracy_floor:
-                floor = self.settings.accuracy_floor
-                result.finetune_skipped = (
-                    f"accuracy {result.accuracy:.4f} before fine-tuning is below the floor {floor}"
-                )
-            else:
-                self.finetune(model)
-                lap("finetune")
-                result.accuracy = result.accuracy_finetuned = self.measure(model)
-            lap("evaluate")
+            watch.lap("decompose")
+            self._measure_costs(result, resolved, model, watch, measure_latency=measure_latency)
+            self._measure_metric(result, model, watch)
         except (RanksearchError, RuntimeError, FloatingPointError, ValueError) as error:
             result.failure = f"{type(error).__name__}: {error}"
-        result.seconds["total"] = time.perf_counter() - start
+        result.seconds["total"] = watch.total()
         if result.failure is None and not math.isfinite(result.accuracy):
             result.failure = f"the metric is not finite ({result.accuracy})"
         if keep_model and result.failure is None:
             result.model = model
         return result
+
+    def _measure_costs(
+        self,
+        result: Evaluation,
+        resolved: Sequence[ResolvedLayer],
+        model: nn.Module,
+        watch: _Stopwatch,
+        *,
+        measure_latency: bool,
+    ) -> None:
+        """Layer errors, MACs, params and (with latency settings) latency of ``model`` into ``result``."""
+        result.layer_errors = {
+            layer.name: self.cache.relative_error(layer.module, layer.method, layer.rank) for layer in resolved
+        }
+        cost = count(model, self.dense.input_shape)
+        result.macs, result.params = cost.macs, cost.params
+        result.macs_ratio, result.params_ratio = cost.macs / self.dense.macs, cost.params / self.dense.params
+        watch.lap("cost")
+        if self.latency is not None:
+            result.latency_seconds = self.latency.predict(resolved, model)
+            result.latency_ratio = result.latency_seconds / self.latency.dense_seconds
+            if measure_latency:
+                result.latency_measured_seconds = self.latency.measure_model(model)
+            watch.lap("latency")
+
+    def _measure_metric(self, result: Evaluation, model: nn.Module, watch: _Stopwatch) -> None:
+        """The metric zero-shot, after recalibration and after the fine-tune (unless skipped) into ``result``."""
+        result.accuracy = result.accuracy_zero_shot = self.measure(model)
+        if self.recalibrate(model):
+            result.accuracy = result.accuracy_recalibrated = self.measure(model)
+        watch.lap("recalibrate")
+        if self.settings.finetune_steps == 0:
+            result.finetune_skipped = "finetune_steps is 0"
+        elif result.accuracy < self.settings.accuracy_floor:
+            floor = self.settings.accuracy_floor
+            result.finetune_skipped = f"accuracy {result.accuracy:.4f} before fine-tuning is below the floor {floor}"
+        else:
+            self.finetune(model)
+            watch.lap("finetune")
+            result.accuracy = result.accuracy_finetuned = self.measure(model)
+        watch.lap("evaluate")
+
+
+class _Stopwatch:
+    """Wall times of consecutive phases, written to ``seconds`` by name as each one ends."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+        self.start = self.clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """End phase ``name`` (begun at the previous lap, or at the start) and begin the next one."""
+        now = time.perf_counter()
+        self.seconds[name] = now - self.clock
+        self.clock = now
+
+    def total(self) -> float:
+        """Seconds since the start."""
+        return time.perf_counter() - self.start

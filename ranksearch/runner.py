@@ -90,7 +90,7 @@ def load_model(study_file: StudyFile, splits: object, log: Callable[[str], None]
     return model
 
 
-def _baseline_warm_starts(model: nn.Module, splits: object, budgets: tuple[float, ...]) -> list:
+def _heuristic_warm_starts(model: nn.Module, splits: object, budgets: tuple[float, ...]) -> list:
     if not budgets:
         return []
     from .heuristics import heuristic_configs
@@ -147,7 +147,7 @@ def prepare(
         sampler=section.sampler,
         seed=section.seed if sampler_seed is None else sampler_seed,
         warm_start=section.warm_start,
-        warm_start_configs=_baseline_warm_starts(model, splits, section.warm_start_heuristics),
+        warm_start_configs=_heuristic_warm_starts(model, splits, section.warm_start_heuristics),
         latency=study_file.latency,
         heartbeat=section.heartbeat,
     )

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .apply import replace_module
 from .cache import FactorCache
+from .compress import replace_module
 from .config import CompressionConfig
 from .errors import RanksearchError
 

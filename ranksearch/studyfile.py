@@ -31,20 +31,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import RanksearchError
-from .evaluator import EvaluatorSettings
-from .latency import LatencySettings
-from .objectives import check_objectives, check_sampler
-from .space import SearchSpace
-from .training import TrainSettings
+from .objectives import (
+    DEFAULT_OBJECTIVES,
+    DEFAULT_SAMPLER,
+    HEARTBEAT_SECONDS,
+    WARM_START_FRACTIONS,
+    check_objectives,
+    check_sampler,
+    default_storage,
+)
+
+if TYPE_CHECKING:  # imported where a whole file is read: reading [study] alone needs no torch
+    from .evaluator import EvaluatorSettings
+    from .latency import LatencySettings
+    from .space import SearchSpace
+    from .training import TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DataSection", "ModelSection", "StudyFile", "StudySection", "TrainingSection", "load_study_file"]
+__all__ = [
+    "DataSection",
+    "ModelSection",
+    "StudyFile",
+    "StudySection",
+    "TrainingSection",
+    "load_study_file",
+    "load_study_section",
+]
 
 
 @dataclass(frozen=True)
@@ -69,14 +88,19 @@ class StudySection:
 
     name: str = ""
     storage: str | None = None
-    objectives: tuple[str, ...] = ("accuracy", "macs")
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     n_trials: int = 50
     timeout: float | None = None
-    sampler: str = "tpe"
+    sampler: str = DEFAULT_SAMPLER
     seed: int = 0
-    warm_start: tuple[float, ...] = (0.25, 0.5)
+    warm_start: tuple[float, ...] = WARM_START_FRACTIONS
     warm_start_heuristics: tuple[float, ...] = ()
-    heartbeat: int = 60
+    heartbeat: int = HEARTBEAT_SECONDS
+
+    @property
+    def storage_url(self) -> str:
+        """``storage``, defaulting to ``sqlite:///runs/<name>.db``."""
+        return self.storage or default_storage(self.name)
 
 
 @dataclass(frozen=True)
@@ -103,7 +127,7 @@ class TrainingSection:
     """``[training]`` (formerly ``[baseline]``): how a built-in model is trained on first use, and where the
     trained dense model is cached (``runs/baselines`` by default, the folder earlier versions used)."""
 
-    train: TrainSettings = field(default_factory=TrainSettings)
+    train: TrainSettings = field(default_factory=lambda: _settings_classes()["training"]())
     cache_dir: str = "runs/baselines"
 
 
@@ -124,7 +148,7 @@ class StudyFile:
     @property
     def storage(self) -> str:
         """The storage URL, defaulting to ``sqlite:///runs/<name>.db``."""
-        return self.study.storage or f"sqlite:///runs/{self.study.name}.db"
+        return self.study.storage_url
 
 
 _SECTIONS = ("study", "model", "data", "training", "space", "evaluator", "latency")
@@ -250,12 +274,12 @@ def _training_section(table: object, path: Path) -> TrainingSection:
     cache_dir = table.pop("cache_dir", TrainingSection.cache_dir)
     if not isinstance(cache_dir, str):
         raise RanksearchError(f"{path}: [training] cache_dir must be a string, got {cache_dir!r}")
-    return TrainingSection(train=_build(TrainSettings, table, f"{path}: [training]"), cache_dir=cache_dir)
+    train = _build(_settings_classes()["training"], table, f"{path}: [training]")
+    return TrainingSection(train=train, cache_dir=cache_dir)
 
 
-def load_study_file(path: str | Path) -> StudyFile:
-    """Read and validate a study file."""
-    path = Path(path)
+def _read_document(path: Path) -> dict:
+    """The file's TOML, with renamed sections and keys under their new names and unknown sections refused."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -274,6 +298,10 @@ def load_study_file(path: str | Path) -> StudyFile:
     unknown = [key for key in document if key not in _SECTIONS]
     if unknown:
         raise RanksearchError(f"{path}: unknown section [{unknown[0]}] (valid: {', '.join(_SECTIONS)})")
+    return document
+
+
+def _study_section(document: dict, path: Path) -> StudySection:
     study = _build(StudySection, document.get("study", {}), f"{path}: [study]")
     if not study.name:
         study = dataclasses.replace(study, name=path.stem)
@@ -283,6 +311,30 @@ def load_study_file(path: str | Path) -> StudyFile:
     except RanksearchError as error:
         raise RanksearchError(f"{path}: [study] {error}") from None
     _check_study_section(study, path)
+    return study
+
+
+def load_study_section(path: str | Path) -> StudySection:
+    """Only the ``[study]`` section of a study file, validated: what reading a stored study needs (no torch)."""
+    path = Path(path)
+    return _study_section(_read_document(path), path)
+
+
+def _settings_classes() -> dict[str, type]:
+    """The classes of the sections that the Python API takes too (their modules import torch)."""
+    from .evaluator import EvaluatorSettings
+    from .latency import LatencySettings
+    from .space import SearchSpace
+    from .training import TrainSettings
+
+    return {"training": TrainSettings, "space": SearchSpace, "evaluator": EvaluatorSettings, "latency": LatencySettings}
+
+
+def load_study_file(path: str | Path) -> StudyFile:
+    """Read and validate a study file."""
+    path = Path(path)
+    document = _read_document(path)
+    study = _study_section(document, path)
     model = _build(ModelSection, document.get("model", {}), f"{path}: [model]")
     if (model.name is None) == (model.path is None):
         raise RanksearchError(f"{path}: [model] needs exactly one of 'name' (a built-in model) or 'path'")
@@ -290,16 +342,16 @@ def load_study_file(path: str | Path) -> StudyFile:
     for key in ("batch_size", "eval_batch_size"):
         if getattr(data, key) < 1:
             raise RanksearchError(f"{path}: [data] {key} must be >= 1, got {getattr(data, key)}")
-    training = _training_section(document.get("training", {}), path)
+    classes = _settings_classes()
     return StudyFile(
         path=path,
         study=study,
         model=model,
         data=data,
-        training=training,
-        space=_build(SearchSpace, document.get("space", {}), f"{path}: [space]"),
-        evaluator=_build(EvaluatorSettings, document.get("evaluator", {}), f"{path}: [evaluator]"),
+        training=_training_section(document.get("training", {}), path),
+        space=_build(classes["space"], document.get("space", {}), f"{path}: [space]"),
+        evaluator=_build(classes["evaluator"], document.get("evaluator", {}), f"{path}: [evaluator]"),
         latency=None
         if "latency" not in document
-        else _build(LatencySettings, document["latency"], f"{path}: [latency]"),
+        else _build(classes["latency"], document["latency"], f"{path}: [latency]"),
     )

@@ -71,7 +71,7 @@ toml_scalars = st.one_of(
     st.text(alphabet=string.ascii_letters + "_-./ ", max_size=10),
 )
 toml_values = st.one_of(toml_scalars, st.lists(toml_scalars, max_size=3))
-sections = st.sampled_from(["study", "model", "data", "baseline", "space", "evaluator", "latency", "extra"])
+sections = st.sampled_from(["study", "model", "data", "training", "space", "evaluator", "latency", "extra"])
 
 
 def _toml(value: object) -> str:

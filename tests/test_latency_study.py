@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_run import write_study  # tests/ is on sys.path (pytest's prepend import mode)
+from _helpers import write_study  # tests/ is on sys.path (pytest's prepend import mode)
 
 import ranksearch as rs
 from ranksearch.cli import main

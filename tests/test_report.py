@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from _records import LAYERS, NUMERIC_NAMES, make_results, numeric_named_results, record, toy_records
 
 from ranksearch.errors import RanksearchError
 from ranksearch.report import (
     StudyResults,
-    TrialRecord,
     choose,
     dashboard_html,
     figures,
@@ -24,42 +24,6 @@ from ranksearch.report import (
     pareto_mask,
     write_report,
 )
-
-LAYERS = ("conv1", "block.0", "fc")
-DENSE = {"accuracy": 0.95, "macs": 1000, "params": 500, "input_shape": [1, 1, 8, 8]}
-
-
-def record(number, accuracy, macs, params=None, *, methods=("svd", "dense", "tt"), state="complete", **attrs):
-    """A trial record shaped like a real one (config, ratios, measurements)."""
-    params = macs if params is None else params
-    layers = {name: {"method": m, "rank": None if m == "dense" else 4} for name, m in zip(LAYERS, methods, strict=True)}
-    choices = {f"{n}.method": m for n, m in zip(LAYERS, methods, strict=True)}
-    choices.update({f"{n}.{m}.rank_fraction": 0.25 for n, m in zip(LAYERS, methods, strict=True) if m != "dense"})
-    base = {
-        "config": {"format": "ranksearch.compression-config", "version": 1, "layers": layers},
-        "accuracy": accuracy,
-        "accuracy_zero_shot": accuracy - 0.3,
-        "accuracy_recalibrated": accuracy - 0.1,
-        "accuracy_finetuned": accuracy,
-        "macs": int(macs * DENSE["macs"]),
-        "params": int(params * DENSE["params"]),
-        "macs_ratio": macs,
-        "params_ratio": params,
-        "seconds": {"total": 1.0},
-    }
-    base.update(attrs)
-    values = None if state == "fail" else (accuracy, macs, params)
-    return TrialRecord(number, state, values, choices, base)
-
-
-def make_results(records, objectives=("accuracy", "macs"), **kwargs) -> StudyResults:
-    records = [
-        TrialRecord(r.number, r.state, None if r.values is None else r.values[: len(objectives)], r.params, r.attrs)
-        for r in records
-    ]
-    return StudyResults.from_records(
-        records, name="toy", objectives=objectives, layers=LAYERS, dense=DENSE, storage="sqlite:///x.db", **kwargs
-    )
 
 
 @pytest.fixture
@@ -250,8 +214,17 @@ def test_figures_for_two_and_three_objectives(toy):
     assert list(figures(three))[:3] == ["pareto_macs", "pareto_params", "pareto_3d"]
 
 
-def toy_records():
-    return [record(0, 0.95, 1.0, methods=("dense",) * 3), record(1, 0.9, 0.3, 0.5), record(2, 0.8, 0.5, 0.2)]
+def test_numeric_looking_layer_names_stay_names_in_the_figures():
+    figs = figures(numeric_named_results())
+    heatmap = figs["layers"]
+    # a categorical axis of its own, not left to the template's autotypenumbers: ticks "0.0", "3", "10" as written,
+    # where a linear axis would draw 0, 2, 4, ... 12
+    assert heatmap.layout.xaxis.type == "category" and heatmap.layout.yaxis.type == "category"
+    assert list(heatmap.data[0].x) == list(NUMERIC_NAMES) and all(type(x) is str for x in heatmap.data[0].x)
+    labels = [d.label for d in figs["parallel"].data[0].dimensions]
+    assert labels == [*NUMERIC_NAMES, "accuracy"] and all(type(label) is str for label in labels)
+    hover = figs["pareto_macs"].data[1].hovertext[0]
+    assert "0.0: svd r=4 (25%)" in hover and "10: cp r=4 (25%)" in hover
 
 
 def test_dashboard_has_plotly_once_every_figure_and_the_pareto_table(toy):

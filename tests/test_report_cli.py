@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
-from test_run import write_study  # tests/ is on sys.path (pytest's prepend import mode)
+from _helpers import write_study  # tests/ is on sys.path (pytest's prepend import mode)
 
 import ranksearch as rs
 from ranksearch.cli import main
+from ranksearch.saving import read
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_exported_model_loads_and_reproduces_the_trial(study, tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(loaded(batch), again.model.eval()(batch))  # exactly: same weights, same ops
     assert again.accuracy == pytest.approx(row["accuracy"], abs=1e-12)  # the evaluator is deterministic
-    meta = rs.export.read(out / "model.pt")["metadata"]
+    meta = read(out / "model.pt")["metadata"]
     assert meta["trial"] == 2 and meta["study"] == "tiny"
 
 
@@ -104,7 +105,7 @@ def test_export_with_more_epochs_reports_before_and_after(study, tmp_path, capsy
     assert main(["export", str(path), "--knee", "--epochs", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "fine-tune epoch 1/1: loss" in out and "fine-tuned 1 epochs: accuracy " in out
-    meta = rs.export.read(tmp_path / "model.pt")["metadata"]
+    meta = read(tmp_path / "model.pt")["metadata"]
     assert meta["finetune_epochs"] == 1 and "accuracy_before" in meta
 
 
@@ -118,9 +119,10 @@ def test_export_to_onnx(study, tmp_path, capsys):
     assert "max |onnxruntime - torch| = " in capsys.readouterr().out
 
 
+@pytest.mark.slow  # kaleido and a browser screenshot
 def test_report_with_images_and_a_screenshot(study, tmp_path, capsys):
-    from ranksearch.browser import find_chromium
-    from ranksearch.images import static_export_unavailable
+    from ranksearch.render.browser import find_chromium
+    from ranksearch.render.images import static_export_unavailable
 
     path, _ = study
     shot = tmp_path / "shot.png"

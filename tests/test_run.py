@@ -4,41 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import write_study  # tests/ is on sys.path (pytest's prepend import mode)
 
 from ranksearch.cli import main
 from ranksearch.models import small_cnn
 
-TINY = """
-[study]
-name = "tiny"
-storage = "sqlite:///{tmp}/tiny.db"
-n_trials = 4
-[model]
-{model}
-[data]
-name = "digits"
-options = {{ image_size = 8 }}
-batch_size = 32
-eval_batch_size = 120
-[training]
-epochs = 1
-cache_dir = "{tmp}/baselines"
-[space]
-rank_fractions = [0.25, 0.5]
-[evaluator]
-finetune_steps = 2
-bn_batches = 1
-eval_batches = 1
-"""
 
-
-def write_study(tmp_path, model='name = "small_cnn"\noptions = { width = 4 }'):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(tmp=tmp_path, model=model))
-    return path
-
-
-def test_run_trains_the_baseline_once_and_resumes(tmp_path, capsys):
+def test_run_trains_the_dense_model_once_and_resumes(tmp_path, capsys):
     path = write_study(tmp_path)
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
@@ -51,7 +23,7 @@ def test_run_trains_the_baseline_once_and_resumes(tmp_path, capsys):
     assert "training the dense model" not in out and "4/5 trials done, running 1" in out and "[5/5] trial 4:" in out
 
 
-def test_a_corrupt_baseline_cache_is_retrained_with_a_warning(tmp_path, capsys):
+def test_a_corrupt_trained_model_cache_is_retrained_with_a_warning(tmp_path, capsys):
     path = write_study(tmp_path)
     assert main(["run", str(path), "--n-trials", "1"]) == 0
     cached = next((tmp_path / "baselines").glob("*.pt"))
@@ -97,7 +69,7 @@ def test_bad_data_options_exit_2(tmp_path, capsys):
     assert "[data]" in capsys.readouterr().err
 
 
-def test_the_baseline_is_the_same_whatever_the_global_rng_state(tmp_path):
+def test_the_trained_model_is_the_same_whatever_the_global_rng_state(tmp_path):
     """The [training] seed fixes the initial weights too, so two fresh runs train the same model."""
     import dataclasses
 
@@ -111,7 +83,7 @@ def test_the_baseline_is_the_same_whatever_the_global_rng_state(tmp_path):
     for run, global_seed in enumerate((1, 2)):
         torch.manual_seed(global_seed)
         fresh = dataclasses.replace(
-            study, baseline=dataclasses.replace(study.baseline, cache_dir=str(tmp_path / f"b{run}"))
+            study, training=dataclasses.replace(study.training, cache_dir=str(tmp_path / f"b{run}"))
         )
         model = load_model(fresh, splits, log=lambda line: None)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))

@@ -7,8 +7,9 @@ import pytest
 
 import ranksearch as rs
 from ranksearch.evaluator import EvaluatorSettings
+from ranksearch.record import param_name
 from ranksearch.space import SearchSpace
-from ranksearch.study import RankSearch, param_names
+from ranksearch.study import RankSearch
 
 FAST = EvaluatorSettings(finetune_steps=2, bn_batches=1, eval_batches=1)
 SPACE = SearchSpace(rank_fractions=(0.25, 0.5, 0.75))
@@ -49,7 +50,7 @@ def test_study_completes_with_a_non_dominated_front_and_every_attribute(tiny_tas
     assert len(trials) == 8
     first = trials[0]
     assert first.values[1] == 1.0 and all(v == "dense" for k, v in first.params.items() if k.endswith(".method"))
-    assert trials[1].params[param_names("3.0")] == "tucker2"  # the uniform warm starts come next
+    assert trials[1].params[param_name("3.0")] == "tucker2"  # the uniform warm starts come next
     for trial in trials:
         assert set(trial.user_attrs) >= ATTRS
         assert trial.values[0] == trial.user_attrs["accuracy"] and trial.values[1] == trial.user_attrs["macs_ratio"]

@@ -14,13 +14,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ..config import DENSE, CompressionConfig
 from ..errors import RanksearchError
+from ..record import DENSE, TrialRecord
 from ._pareto import hypervolume, hypervolume_history, pareto_mask, to_minimization
+
+if TYPE_CHECKING:
+    from ..config import CompressionConfig
 
 __all__ = ["QUALITY", "StudyResults", "TrialRecord", "config_summary", "layer_columns", "trials_table"]
 
@@ -29,26 +33,6 @@ QUALITY = "accuracy"
 
 MEASUREMENTS = ("accuracy_zero_shot", "accuracy_recalibrated", "accuracy_finetuned")
 LATENCY_COLUMNS = ("latency_ratio", "latency_reduction", "latency_ms", "latency_measured_ms")
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One finished trial as plain data.
-
-    Attributes:
-        number: the trial number in its study.
-        state: ``"complete"`` or ``"fail"``.
-        values: objective values in the study's objective order (None for failed trials).
-        params: the sampler's choices, ``{"<layer>.method": ..., "<layer>.<method>.rank_fraction": ...}``.
-        attrs: what the evaluator measured (``Evaluation.attributes()``), plus ``duplicate_of`` for a
-            config measured by an earlier trial.
-    """
-
-    number: int
-    state: str
-    values: tuple[float, ...] | None
-    params: Mapping[str, object] = field(default_factory=dict)
-    attrs: Mapping[str, object] = field(default_factory=dict)
 
 
 def config_summary(config: Mapping[str, object]) -> str:
@@ -83,38 +67,7 @@ def trials_table(
     table), ``latency_ratio``, ``latency_reduction`` and ``latency_measured_ms`` (the whole model timed,
     on sampled and Pareto trials). Rows are in trial order.
     """
-    rows = []
-    for record in records:
-        attrs = record.attrs
-        values = record.values if record.values is not None else (math.nan,) * len(objectives)
-        row: dict[str, object] = {"trial": record.number, **dict(zip(objectives, values, strict=True))}
-        row["state"] = record.state
-        for key in MEASUREMENTS:
-            row[key] = attrs.get(key)
-        for cost in ("macs", "params"):
-            ratio = attrs.get(f"{cost}_ratio")
-            row[f"{cost}_ratio"] = ratio
-            row[f"{cost}_reduction"] = 1 / ratio if ratio else None
-            row[f"{cost}_count"] = attrs.get(cost)
-        ratio = attrs.get("latency_ratio")
-        row["latency_ratio"], row["latency_reduction"] = ratio, (1 / ratio if ratio else None)
-        for column, key in (("latency_ms", "latency_seconds"), ("latency_measured_ms", "latency_measured_seconds")):
-            row[column] = None if attrs.get(key) is None else attrs[key] * 1e3
-        row["finetune_skipped"] = attrs.get("finetune_skipped")
-        row["failure"] = attrs.get("failure")
-        row["seconds"] = (attrs.get("seconds") or {}).get("total")
-        config = attrs.get("config") or {}
-        row["methods"] = config_summary(config)
-        row["duplicate_of"] = attrs.get("duplicate_of")
-        specs = config.get("layers", {})
-        for layer in layers:
-            method_col, rank_col, fraction_col = layer_columns(layer)
-            spec = specs.get(layer, {"method": DENSE, "rank": None})
-            row[method_col] = spec["method"]
-            row[rank_col] = _rank_text(spec.get("rank"))
-            fraction = record.params.get(f"{layer}.{spec['method']}.rank_fraction")
-            row[fraction_col] = 1.0 if spec["method"] == DENSE else fraction
-        rows.append(row)
+    rows = [{**_trial_row(record, objectives), **_layer_cells(record, layers)} for record in records]
     columns = ["trial", *objectives, "state", *MEASUREMENTS]
     for cost in ("macs", "params"):
         columns += [f"{cost}_ratio", f"{cost}_reduction", f"{cost}_count"]
@@ -123,10 +76,7 @@ def trials_table(
     columns += [c for layer in layers for c in layer_columns(layer)]
     frame = pd.DataFrame(rows, columns=columns)
     numeric = ("macs_ratio", "params_ratio", "macs_reduction", "params_reduction", *LATENCY_COLUMNS)
-    for column in ("duplicate_of", *MEASUREMENTS, *numeric):
-        if column in frame:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    for column in objectives:
+    for column in ("duplicate_of", *MEASUREMENTS, *numeric, *objectives):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     complete = (frame["state"] == "complete").to_numpy() if len(frame) else np.zeros(0, dtype=bool)
     mask = np.zeros(len(frame), dtype=bool)
@@ -134,6 +84,50 @@ def trials_table(
         mask[complete] = pareto_mask(frame.loc[complete, list(objectives)].to_numpy(), directions)
     frame["is_pareto"] = mask
     return frame.reset_index(drop=True)
+
+
+def _inverse(ratio: float | None) -> float | None:
+    return 1 / ratio if ratio else None
+
+
+def _milliseconds(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def _trial_row(record: TrialRecord, objectives: Sequence[str]) -> dict[str, object]:
+    """A trial's objectives and measurements (stored NaN accuracies come back as None)."""
+    m = record.measurements
+    values = record.values if record.values is not None else (math.nan,) * len(objectives)
+    row: dict[str, object] = {"trial": record.number, **dict(zip(objectives, values, strict=True))}
+    row["state"] = record.state
+    for key in MEASUREMENTS:
+        row[key] = getattr(m, key) if key in record.attrs else None
+    for cost, count, ratio in (("macs", m.macs, m.macs_ratio), ("params", m.params, m.params_ratio)):
+        stored = f"{cost}_ratio" in record.attrs
+        row[f"{cost}_ratio"] = ratio if stored else None
+        row[f"{cost}_reduction"] = _inverse(ratio) if stored else None
+        row[f"{cost}_count"] = count if cost in record.attrs else None
+    row["latency_ratio"], row["latency_reduction"] = m.latency_ratio, _inverse(m.latency_ratio)
+    row["latency_ms"] = _milliseconds(m.latency_seconds)
+    row["latency_measured_ms"] = _milliseconds(m.latency_measured_seconds)
+    row["finetune_skipped"], row["failure"] = m.finetune_skipped, m.failure
+    row["seconds"] = m.seconds.get("total") if m.seconds else None
+    row["methods"] = config_summary(record.config)
+    row["duplicate_of"] = record.duplicate_of
+    return row
+
+
+def _layer_cells(record: TrialRecord, layers: Sequence[str]) -> dict[str, object]:
+    """Per searched layer: its method, rank (``"16x8"`` for a tuple) and kept-rank fraction."""
+    specs = record.config.get("layers", {})
+    cells: dict[str, object] = {}
+    for layer in layers:
+        method_col, rank_col, fraction_col = layer_columns(layer)
+        spec = specs.get(layer, {"method": DENSE, "rank": None})
+        cells[method_col] = spec["method"]
+        cells[rank_col] = _rank_text(spec.get("rank"))
+        cells[fraction_col] = record.fraction(layer, spec["method"])
+    return cells
 
 
 @dataclass(frozen=True)
@@ -214,6 +208,8 @@ class StudyResults:
 
     def config(self, trial: int) -> CompressionConfig:
         """The config a trial evaluated; a clear error for a trial that does not exist or has none."""
+        from ..config import CompressionConfig  # torch: only when a config is asked for
+
         if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)):
             raise RanksearchError(f"a trial number must be an int, got {trial!r}")
         trial = int(trial)

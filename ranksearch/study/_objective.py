@@ -1,0 +1,97 @@
+"""The Optuna objective: a trial's config is suggested, measured once, and stored as a trial record."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import optuna
+
+from ..config import CompressionConfig
+from ..evaluator import Evaluator
+from ..latency import LatencySettings
+from ..record import CONFIG, DENSE, DUPLICATE_OF, INTERRUPTED, param_name
+from ..space import LayerChoices, SearchSpace
+from ._budget import TrialBudget
+
+__all__ = ["TrialFailed", "TrialObjective"]
+
+Measured = tuple[int, tuple[float, ...], dict[str, object]]
+
+
+class TrialFailed(Exception):
+    """A trial whose evaluation failed (the reason is in its ``failure`` user attribute)."""
+
+
+class TrialObjective:
+    """Suggest a config per trial (a method per layer, a rank fraction for that method), evaluate it, and
+    store its measurements; a config measured before is not evaluated again (the evaluator is
+    deterministic): the trial copies the earlier measurements and records ``duplicate_of``.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        evaluator: Evaluator,
+        space: SearchSpace,
+        layers: Mapping[str, LayerChoices],
+        objectives: Sequence[str],
+        latency: LatencySettings | None,
+    ) -> None:
+        self.study, self.evaluator, self.space, self.layers = study, evaluator, space, layers
+        self.objectives, self.latency = tuple(objectives), latency
+        self.budget: TrialBudget | None = None
+        self._measured_configs: dict[str, Measured] | None = None
+
+    def suggest(self, trial: optuna.Trial) -> CompressionConfig:
+        """The config a trial proposes: per layer a method, and a rank fraction for that method."""
+        picks = {}
+        for name, layer in self.layers.items():
+            method = trial.suggest_categorical(param_name(name), layer.methods)
+            fraction = None if method == DENSE else trial.suggest_categorical(param_name(name, method), layer.fractions)
+            picks[name] = (method, fraction)
+        return self.space.to_config(self.layers, picks)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        if self.budget is not None:
+            self.budget.claim_slot(trial)
+        config = self.suggest(trial)
+        key = config.to_json(indent=None)
+        earlier = self._measured().get(key)
+        if earlier is not None:  # samplers do propose a config twice: reuse its measurements
+            number, values, attrs = earlier
+            for name, value in attrs.items():
+                trial.set_user_attr(name, value)
+            trial.set_user_attr(DUPLICATE_OF, number)
+            return values
+        try:
+            result = self.evaluator.evaluate(config, measure_latency=self._times_whole_model(trial))
+        except KeyboardInterrupt:  # Optuna marks the trial failed; say why, so that it is run again
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
+        attrs = result.attributes()
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
+        if result.failure is not None:
+            raise TrialFailed(result.failure)
+        values = tuple(result.objective(name) for name in self.objectives)
+        self._measured()[key] = (trial.number, values, attrs)
+        return values
+
+    def _times_whole_model(self, trial: optuna.Trial) -> bool:
+        """Every ``check_every``-th trial also times the whole compressed model (a check of the prediction)."""
+        return (
+            self.latency is not None and self.latency.check_every > 0 and trial.number % self.latency.check_every == 0
+        )
+
+    def _measured(self) -> dict[str, Measured]:
+        """Config JSON -> (trial, values, attributes) of its first completed evaluation.
+
+        Read from the storage once, then kept up to date by this process.
+        """
+        if self._measured_configs is None:
+            self._measured_configs = {}
+            for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                if DUPLICATE_OF not in t.user_attrs and CONFIG in t.user_attrs:
+                    key = CompressionConfig.from_dict(t.user_attrs[CONFIG]).to_json(indent=None)
+                    self._measured_configs.setdefault(key, (t.number, tuple(t.values), dict(t.user_attrs)))
+        return self._measured_configs
