@@ -33,12 +33,15 @@ def test_the_search_example_runs_on_your_model_and_loaders(tiny_task, tmp_path):
     assert len(namespace["front"]) >= 1
     assert namespace["small"] is not model
     assert (tmp_path / "mine" / "report.html").is_file() and set(namespace["figs"]) >= {"pareto_macs", "layers"}
+    exported = namespace["exported"]
+    assert exported.model_path == tmp_path / "mine" / "knee" / "model.pt" and exported.model_path.is_file()
+    assert exported.metadata["finetune_epochs"] == 3 and "knee" in exported.metadata["rule"]
     x = val_loader.dataset[0][0][None] if hasattr(val_loader, "dataset") else next(iter(val_loader))[0][:1]
     with torch.no_grad():
         assert torch.equal(namespace["same"].eval()(x), namespace["small"].eval()(x))
 
 
-def test_the_baselines_example_runs(capsys):
+def test_the_heuristics_example_runs(capsys):
     block = next(b for b in BLOCKS if "ranksearch.heuristics import" in b)
     exec(compile(block, str(README), "exec"), {})
     assert 0.45 < float(capsys.readouterr().out.strip()) <= 0.5
