@@ -249,22 +249,23 @@ def _renamed(document: dict, path: Path) -> dict:
     """``document`` with renamed sections and keys under their new names (a FutureWarning for each)."""
     document = dict(document)
     for old, new in _RENAMED_SECTIONS.items():
-        if old in document:
-            if new in document:
-                raise RanksearchError(f"{path}: [{old}] is the old name of [{new}]: give only [{new}]")
-            warnings.warn(f"{path}: [{old}] is now called [{new}]; rename the section", FutureWarning, stacklevel=3)
-            document[new] = document.pop(old)
-    study = document.get("study")
-    if isinstance(study, dict):
-        study = dict(study)
+        _rename(document, old, new, (f"[{old}]", f"[{new}]", "section"), path)
+    if isinstance(document.get("study"), dict):
+        document["study"] = dict(document["study"])
         for old, new in _RENAMED_STUDY_KEYS.items():
-            if old in study:
-                if new in study:
-                    raise RanksearchError(f"{path}: [study] {old} is the old name of {new}: give only {new}")
-                warnings.warn(f"{path}: [study] {old} is now called {new}; rename the key", FutureWarning, stacklevel=3)
-                study[new] = study.pop(old)
-        document["study"] = study
+            _rename(document["study"], old, new, (f"[study] {old}", new, "key"), path)
     return document
+
+
+def _rename(table: dict, old: str, new: str, labels: tuple[str, str, str], path: Path) -> None:
+    """Move ``table[old]`` to ``table[new]`` with a FutureWarning; both given is an error."""
+    if old not in table:
+        return
+    old_label, new_label, kind = labels
+    if new in table:
+        raise RanksearchError(f"{path}: {old_label} is the old name of {new_label}: give only {new_label}")
+    warnings.warn(f"{path}: {old_label} is now called {new_label}; rename the {kind}", FutureWarning, stacklevel=4)
+    table[new] = table.pop(old)
 
 
 def _training_section(table: object, path: Path) -> TrainingSection:
