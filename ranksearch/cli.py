@@ -322,13 +322,14 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from .report import choose
     from .runner import prepare
     from .study import load_results
     from .studyfile import load_study_file
 
     study_file = load_study_file(args.study_file)
     storage = args.storage or study_file.storage
-    load_results(storage, study_file.study.name)  # before prepare(), which would create a new, empty study
+    results = load_results(storage, study_file.study.name)  # before prepare(), which would create a new study
     if args.epochs < 0:
         raise RanksearchError(f"--epochs must be >= 0, got {args.epochs}")
     caps = {
@@ -338,6 +339,7 @@ def _export(args: argparse.Namespace) -> None:
     }
     rule = {"trial": args.trial, "max_costs": caps, "min_accuracy": args.min_accuracy,
             "max_accuracy_drop": args.max_accuracy_drop, "knee": args.knee}  # fmt: skip
+    choose(results, **rule)  # a rule no trial meets fails here, before the model and data are loaded
     prepared = prepare(study_file, storage=storage)
     prepared.search.export(args.out, epochs=args.epochs, lr=args.lr, onnx=args.onnx, builtin=prepared.builtin, **rule)
 
