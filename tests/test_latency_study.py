@@ -17,6 +17,8 @@ from ranksearch.report import figures
 from ranksearch.space import SearchSpace
 from ranksearch.study import RankSearch
 
+pytestmark = pytest.mark.slow  # whole studies that time models
+
 FAST = EvaluatorSettings(finetune_steps=2, bn_batches=1, eval_batches=1)
 SPACE = SearchSpace(methods=("dense", "svd", "tucker2"), rank_fractions=(0.25, 0.5))
 QUICK = {"warmup": 0, "repeats": 1, "min_sample_seconds": 0.0}

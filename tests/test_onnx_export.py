@@ -26,6 +26,8 @@ from ranksearch.onnx_export import (
     export_onnx,
 )
 
+pytestmark = pytest.mark.slow  # ONNX exports through torch's exporter and onnxruntime
+
 ATOL = 1e-4
 EXTRA = "the onnx extra is not installed: pip install 'ranksearch[onnx]'"
 

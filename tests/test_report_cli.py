@@ -12,6 +12,8 @@ import ranksearch as rs
 from ranksearch.cli import main
 from ranksearch.saving import read
 
+pytestmark = pytest.mark.slow  # whole studies through the CLI (training, trials, reports, exports)
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):

@@ -9,6 +9,8 @@ from _helpers import write_study  # tests/ is on sys.path (pytest's prepend impo
 from ranksearch.cli import main
 from ranksearch.models import small_cnn
 
+pytestmark = pytest.mark.slow  # whole studies through the CLI, with training
+
 
 def test_run_trains_the_dense_model_once_and_resumes(tmp_path, capsys):
     path = write_study(tmp_path)

@@ -18,6 +18,8 @@ from ranksearch.record import SCHEMA_ATTR, SCHEMA_VERSION, TrialRecord
 from ranksearch.report import write_report
 from ranksearch.study import load_results, records_of
 
+pytestmark = pytest.mark.slow  # whole studies through the CLI
+
 STORED = Path(__file__).parent / "data" / "stored_study"
 UNSTABLE = ("seconds",)  # wall times: the only attributes that depend on the machine's speed
 REL = 1e-6  # floats: weight errors differ in the 9th digit with torch's thread count (the fixture used 2, tests 1)
