@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from .decompositions import Rank, available_methods, get_method
 
-__all__ = ["LayerInfo", "compressible_layers", "skipped_layers"]
+__all__ = ["LayerInfo", "compressible_layers", "probe_shape", "skipped_layers"]
 
 _CANDIDATE_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
 
@@ -139,3 +139,12 @@ def skipped_layers(model: nn.Module) -> dict[str, str]:
                 next(iter(distinct)) if len(distinct) == 1 else "; ".join(f"{m}: {r}" for m, r in by_method.items())
             )
     return skipped
+
+
+def probe_shape(module: nn.Module) -> tuple[int, ...]:
+    """The smallest valid input shape (batch 1) of a Conv or Linear layer: what its parameter count needs
+    when the layer never runs in a traced forward pass."""
+    if isinstance(module, nn.Linear):
+        return (1, module.in_features)
+    span = [d * (k - 1) + 1 for k, d in zip(module.kernel_size, module.dilation, strict=True)]
+    return (1, module.in_channels, *span)

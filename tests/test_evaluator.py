@@ -133,7 +133,7 @@ def test_bad_data_gets_a_clear_message(tiny_task, make, message):
         ({"eval_batches": 0}, "eval_batches must be an int >= 1 or None, got 0"),
         ({"threads": 0}, "threads must be an int >= 1 or None, got 0"),
         ({"lr": float("nan")}, "lr must be a finite number >= 0"),
-        ({"accuracy_floor": 2}, r"accuracy_floor must be in \[0, 1\], got 2"),
+        ({"accuracy_floor": 2}, r"accuracy_floor must be a number in \[0, 1\], got 2"),
         ({"device": "tpu9"}, "device 'tpu9' is not a torch device"),
     ],
 )

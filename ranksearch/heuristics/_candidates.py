@@ -14,6 +14,7 @@ from torch import nn
 from ..cache import FactorCache
 from ..costs import module_macs
 from ..decompositions import Decomposition, Rank
+from ..layers import probe_shape
 from ..tracing import ModuleCall, trace_calls
 
 __all__ = ["Candidate", "staircases"]
@@ -63,17 +64,9 @@ def _factorized_cost(
     module: nn.Module, method: Decomposition, rank: Rank, calls: Sequence[ModuleCall], cost: str
 ) -> int:
     if cost == "params":
-        shape = calls[0].input_shape if calls else _probe_shape(module)
+        shape = calls[0].input_shape if calls else probe_shape(module)
         return method.cost(module, rank, shape).params
     return sum(method.cost(module, rank, call.input_shape).macs for call in calls)
-
-
-def _probe_shape(module: nn.Module) -> tuple[int, ...]:
-    """A valid input shape for a layer that never runs (its parameter count needs one)."""
-    if isinstance(module, nn.Linear):
-        return (1, module.in_features)
-    span = [d * (k - 1) + 1 for k, d in zip(module.kernel_size, module.dilation, strict=True)]
-    return (1, module.in_channels, *span)
 
 
 def _candidate_ranks(module: nn.Module, method: Decomposition, grid: int | None = None) -> list[Rank]:
