@@ -54,6 +54,10 @@ class EvaluatorSettings:
         seed: seeds the fine-tune (the same seed gives the same metrics on CPU).
         amp: mixed precision for fine-tune and evaluation on CUDA: ``"bfloat16"`` or ``"float16"``
             (autocast; float16 with loss scaling); None runs in float32.
+        distill: weight in [0, 1] of distillation from the dense model in the fine-tune loss:
+            ``(1 - distill) * loss(logits, targets) + distill * T^2 * KL(dense || compressed)`` at
+            temperature ``distill_temperature`` (Hinton et al. 2015); 0 = labels only.
+        distill_temperature: softmax temperature of the distillation term (> 0).
     """
 
     finetune_steps: int = 30
@@ -67,6 +71,8 @@ class EvaluatorSettings:
     threads: int | None = None
     seed: int = 0
     amp: str | None = None
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("finetune_steps", "bn_batches", "seed"):
@@ -81,8 +87,13 @@ class EvaluatorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
                 raise RanksearchError(f"evaluator setting {name} must be a finite number >= 0, got {value!r}")
-        if not 0 <= self.accuracy_floor <= 1:
-            raise RanksearchError(f"evaluator setting accuracy_floor must be in [0, 1], got {self.accuracy_floor!r}")
+        for name in ("accuracy_floor", "distill"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise RanksearchError(f"evaluator setting {name} must be a number in [0, 1], got {value!r}")
+        t = self.distill_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
+            raise RanksearchError(f"evaluator setting distill_temperature must be a finite number > 0, got {t!r}")
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError):
@@ -166,6 +177,7 @@ class Evaluator:
         self.metric = metric or _accuracy
         self.loss_fn = loss_fn or F.cross_entropy
         self.cache = cache or FactorCache()
+        self._teacher: list[torch.Tensor] | None = None
         need = max(self.settings.finetune_steps, self.settings.bn_batches, 1)
         seed = self.settings.seed
         self.train_batches = take_batches(train_loader, need, self.device, "training", seed)
@@ -181,7 +193,8 @@ class Evaluator:
         latency_seconds = None if self.latency is None else self.latency.dense_seconds
         self.dense = DenseMeasurement(self.measure(self.model), cost.macs, cost.params, input_shape, latency_seconds)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the ``amp`` dtype on CUDA, or nothing (float32)."""
         if self.settings.amp is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
@@ -191,16 +204,18 @@ class Evaluator:
         """The metric of ``model`` on the validation subset (eval mode, no gradients)."""
         model.eval()
         total, weight = 0.0, 0
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             for inputs, targets in self.val_batches:
                 total += self.metric(model(inputs).float(), targets) * len(targets)
                 weight += len(targets)
         return total / weight
 
-    def recalibrate(self, model: nn.Module) -> bool:
-        """Re-estimate BatchNorm running statistics on training batches; False if there is no BatchNorm."""
+    def recalibrate(self, model: nn.Module, batches: int | None = None) -> bool:
+        """Re-estimate BatchNorm running statistics on the first ``batches`` training batches (default:
+        ``bn_batches``); False if there is no BatchNorm (or no batch to use)."""
+        batches = self.settings.bn_batches if batches is None else min(batches, len(self.train_batches))
         norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms or self.settings.bn_batches == 0:
+        if not norms or batches == 0:
             return False
         momenta = [m.momentum for m in norms]
         for m in norms:
@@ -208,7 +223,7 @@ class Evaluator:
             m.momentum = None  # cumulative average over the recalibration batches
         model.train()
         with torch.no_grad():
-            for inputs, _ in self.train_batches[: self.settings.bn_batches]:
+            for inputs, _ in self.train_batches[:batches]:
                 model(inputs)
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
@@ -225,8 +240,8 @@ class Evaluator:
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * step / s.finetune_steps))
             inputs, targets = self.train_batches[step]
-            with self._autocast():
-                loss = self.loss_fn(model(inputs).float(), targets)
+            with self.autocast():
+                loss = self._finetune_loss(model(inputs).float(), targets, step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tune loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -238,6 +253,26 @@ class Evaluator:
                 scaler.step(optimizer)
                 scaler.update()
         model.eval()
+
+    def _finetune_loss(self, logits: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
+        """The fine-tune loss of one training batch: the loss on labels, blended with distillation."""
+        weight = self.settings.distill
+        loss = self.loss_fn(logits, targets)
+        if weight == 0:
+            return loss
+        t = self.settings.distill_temperature
+        teacher = F.log_softmax(self.teacher_logits()[step] / t, dim=1)
+        kl = F.kl_div(F.log_softmax(logits / t, dim=1), teacher, log_target=True, reduction="batchmean")
+        return (1 - weight) * loss + weight * t * t * kl
+
+    def teacher_logits(self) -> list[torch.Tensor]:
+        """The dense model's logits (float32) on the fine-tune batches, computed once (eval mode)."""
+        if self._teacher is None:
+            self.model.eval()
+            with torch.no_grad(), self.autocast():
+                steps = self.train_batches[: self.settings.finetune_steps]
+                self._teacher = [self.model(inputs).float() for inputs, _ in steps]
+        return self._teacher
 
     def evaluate(
         self, config: CompressionConfig, *, keep_model: bool = False, measure_latency: bool = False
