@@ -210,6 +210,7 @@ def _run_study(args: argparse.Namespace) -> None:
     report_folder = beside_storage(search.storage_url, study_file.study.name)
     try:
         if args.workers > 1 and todo:
+            search.prepare()  # the sensitivity curves, once, before the workers read them from the study
             run_workers(args.study_file, search.storage_url, budget=budget, workers=args.workers, seed=args.seed,
                         timeout=timeout)  # fmt: skip
         else:
@@ -257,6 +258,11 @@ def _print_front(results: StudyResults) -> None:
         "macs/params are fractions of the dense model):"
     )
     print(front[["trial", *dict.fromkeys(columns)]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    targets = results.best_per_target()
+    if not targets.empty:
+        shown = [c for c in ("cost", "target", "trial", "accuracy", "macs", "params", "methods") if c in targets]
+        print("\nBest per target (the most accurate trial within each budget; export one with --trial N):")
+        print(targets[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="none"))
 
 
 def _time_front(search: RankSearch) -> tuple[int, float]:

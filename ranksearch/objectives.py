@@ -15,13 +15,20 @@ from .errors import RanksearchError
 __all__ = [
     "DEFAULT_OBJECTIVES",
     "DEFAULT_SAMPLER",
+    "DEFAULT_SCREEN",
     "DEFAULT_STORAGE",
+    "DEFAULT_STRATEGY",
     "HEARTBEAT_SECONDS",
     "OBJECTIVES",
+    "ONE_SHOT_BUDGETS",
     "SAMPLERS",
+    "STRATEGIES",
+    "TARGET_KINDS",
     "WARM_START_FRACTIONS",
     "check_objectives",
     "check_sampler",
+    "check_strategy",
+    "check_targets",
     "default_storage",
 ]
 
@@ -38,6 +45,19 @@ WARM_START_FRACTIONS = (0.25, 0.5)
 """Kept-rank fractions of the uniform configs tried first, after the dense model."""
 HEARTBEAT_SECONDS = 60
 """Seconds between a running trial's "alive" marks; a trial silent for twice that is failed."""
+
+STRATEGIES = ("allocate", "per-layer")
+"""How trials are proposed. ``allocate``: per-layer sensitivity curves are measured once, and each trial
+searches a few knobs (budget, method preferences, depth tilt) that a knapsack allocation turns into a whole
+config, screened by a cheap proxy among nearby variants. ``per-layer``: the sampler picks every layer's
+method and grid level itself."""
+DEFAULT_STRATEGY = "allocate"
+DEFAULT_SCREEN = 8
+"""Candidates scored by the proxy per trial of the ``allocate`` strategy (the best earns the fine-tune)."""
+ONE_SHOT_BUDGETS = (0.1, 0.25, 0.5)
+"""MACs budgets of the one-shot allocations tried first when a study names no targets."""
+TARGET_KINDS = ("macs", "params", "latency")
+"""Costs a study may name targets for (fractions of the dense model's)."""
 
 
 def default_storage(study_name: str) -> str:
@@ -65,3 +85,31 @@ def check_sampler(name: str) -> str:
     if name not in SAMPLERS:
         raise RanksearchError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
     return name
+
+
+def check_strategy(strategy: str) -> str:
+    """A known strategy name, or a clear error."""
+    if strategy not in STRATEGIES:
+        raise RanksearchError(f"unknown strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
+    return strategy
+
+
+def check_targets(targets: object) -> dict[str, tuple[float, ...]]:
+    """Validate budget targets ``{cost: [fractions of dense]}``: known costs, fractions in (0, 1), sorted."""
+    if targets is None:
+        return {}
+    if not isinstance(targets, dict):
+        raise RanksearchError(f"targets must map a cost to fractions, e.g. {{macs = [0.1, 0.25]}}, got {targets!r}")
+    checked = {}
+    for kind, values in targets.items():
+        if kind not in TARGET_KINDS:
+            raise RanksearchError(f"unknown target cost {kind!r}; available: {', '.join(TARGET_KINDS)}")
+        if isinstance(values, (int, float)) and not isinstance(values, bool):
+            values = [values]
+        if not isinstance(values, (list, tuple)) or not values:
+            raise RanksearchError(f"targets {kind} must be a non-empty list of fractions, got {values!r}")
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise RanksearchError(f"targets {kind} must be fractions of dense in (0, 1), got {value!r}")
+        checked[kind] = tuple(sorted({float(v) for v in values}))
+    return checked

@@ -6,8 +6,11 @@ module. No Optuna and no torch here.
 
 A trial stores:
 
-- parameters (the sampler's choices): :func:`param_name` ``"<layer>.method"`` -> method, and
-  ``"<layer>.<method>.rank_fraction"`` -> kept-rank fraction (only for the chosen, non-dense method);
+- parameters (the sampler's choices): with the ``per-layer`` strategy :func:`param_name`
+  ``"<layer>.method"`` -> method, and ``"<layer>.<method>.rank_fraction"`` -> grid fraction (of the rank
+  or of the layer's dense cost, as the space's grid says; only for the chosen, non-dense method); with the
+  ``allocate`` strategy the knobs (``budget`` or ``target`` and ``slack``, ``preference.<method>``,
+  ``depth_tilt``) and, as user attributes, the per-layer ``fractions`` and ``screened`` / ``proxy_loss``;
 - user attributes: ``config`` (the exact :class:`~ranksearch.config.CompressionConfig` as its JSON
   dict), every field of :class:`Measurements` (JSON-ready: non-finite floats stored as null), and the
   markers ``duplicate_of`` (a config measured by an earlier trial, whose measurements were copied),
@@ -33,9 +36,15 @@ __all__ = [
     "CONFIG",
     "DENSE",
     "DUPLICATE_OF",
+    "FIXED_CONFIG",
+    "FRACTIONS",
     "INTERRUPTED",
+    "ONE_SHOT",
     "OVER_BUDGET",
+    "PROXY_LOSS",
     "SCHEMA_VERSION",
+    "SCREENED",
+    "SENSITIVITY_ATTR",
     "Measurements",
     "TrialRecord",
     "check_schema",
@@ -58,12 +67,18 @@ EVALUATOR_ATTR = "evaluator"  # EvaluatorSettings as a dict, for the report
 DENSE_ATTR = "dense"  # the dense model's DenseMeasurement as a dict
 SAMPLER_ATTR = "sampler"  # the sampler's name
 FRONT_LATENCY_ATTR = "latency_measured"  # {trial number (str): seconds} for Pareto configs timed after the run
+SENSITIVITY_ATTR = "sensitivity"  # the per-layer sensitivity curves (Sensitivity.to_dict()), measured once
 
 # --- trial attributes besides the measurements -----------------------------------------------------
 CONFIG = "config"
 DUPLICATE_OF = "duplicate_of"
 INTERRUPTED = "interrupted"
 OVER_BUDGET = "over_budget"
+FIXED_CONFIG = "fixed_config"  # set on an enqueued trial: evaluate exactly this config (a warm start)
+ONE_SHOT = "one_shot"  # set on an enqueued trial: the plain allocation of its knobs, not screened
+FRACTIONS = "fractions"  # {layer: grid fraction} of an allocated config (its params are knobs)
+SCREENED = "screened"  # candidates the proxy scored for this trial (1: none screened)
+PROXY_LOSS = "proxy_loss"  # the proxy loss of the evaluated config (the screening's first fidelity)
 
 _METHOD_SUFFIX = ".method"
 _FRACTION_SUFFIX = ".rank_fraction"
@@ -203,8 +218,12 @@ class TrialRecord:
         return None if original is None else int(original)
 
     def fraction(self, layer: str, method: str) -> float | None:
-        """The kept-rank fraction the sampler chose for ``layer`` under ``method`` (1.0 for dense)."""
-        return 1.0 if method == DENSE else self.params.get(param_name(layer, method))
+        """The grid fraction chosen for ``layer`` under ``method`` (1.0 for dense): the sampler's parameter,
+        or for an allocated config the fraction it recorded."""
+        if method == DENSE:
+            return 1.0
+        chosen = self.params.get(param_name(layer, method))
+        return chosen if chosen is not None else (self.attrs.get(FRACTIONS) or {}).get(layer)
 
 
 def check_schema(version: object, where: str) -> int:

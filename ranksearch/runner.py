@@ -148,6 +148,9 @@ def prepare(
         seed=section.seed if sampler_seed is None else sampler_seed,
         warm_start=section.warm_start,
         warm_start_configs=_heuristic_warm_starts(model, splits, section.warm_start_heuristics),
+        strategy=section.strategy,
+        targets=section.targets,
+        screen=section.screen,
         latency=study_file.latency,
         heartbeat=section.heartbeat,
     )

@@ -1,12 +1,13 @@
 """Study files: a TOML description of a whole rank search, validated key by key.
 
 ```toml
-[study]            # name, storage, objectives, n_trials, timeout, sampler, seed, warm_start, warm_start_heuristics
+[study]            # name, storage, objectives, n_trials, timeout, sampler, seed, strategy, targets, screen,
+                   # warm_start, warm_start_heuristics
 [model]            # name (built-in) + options, or path (a torch.save'd nn.Module)
 [data]             # name (built-in dataset) + options, batch_size, eval_batch_size
 [training]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, cache_dir
-[space]            # SearchSpace: methods, rank_fractions, rank_multiple, include, exclude, overrides
-[evaluator]        # EvaluatorSettings: finetune_steps, lr, momentum, weight_decay, eval_batches, bn_batches, ...
+[space]            # SearchSpace: methods, grid, cost_fractions, rank_fractions, rank_multiple, include, exclude, ...
+[evaluator]        # EvaluatorSettings: finetune_steps, lr, ..., eval_batches, bn_batches, distill, ...
 [latency]          # LatencySettings: device, dtype, batch_size, threads, warmup, repeats, check_every, table
 ```
 
@@ -37,10 +38,14 @@ from .errors import RanksearchError
 from .objectives import (
     DEFAULT_OBJECTIVES,
     DEFAULT_SAMPLER,
+    DEFAULT_SCREEN,
+    DEFAULT_STRATEGY,
     HEARTBEAT_SECONDS,
     WARM_START_FRACTIONS,
     check_objectives,
     check_sampler,
+    check_strategy,
+    check_targets,
     default_storage,
 )
 
@@ -84,6 +89,10 @@ class StudySection:
             :func:`ranksearch.heuristics.heuristic_configs`); empty: none. Formerly ``warm_start_baselines``.
         heartbeat: seconds between a running trial's "alive" marks; a trial of a killed worker is marked
             failed after twice that.
+        strategy: ``allocate`` (sensitivity curves + knob search, the default) or ``per-layer``.
+        targets: budgets to aim at, e.g. ``{ macs = [0.1, 0.25, 0.5] }`` (fractions of dense; macs, params,
+            latency); the report shows the best trial per target.
+        screen: candidates the proxy scores per ``allocate`` trial (1: no screening).
     """
 
     name: str = ""
@@ -96,6 +105,9 @@ class StudySection:
     warm_start: tuple[float, ...] = WARM_START_FRACTIONS
     warm_start_heuristics: tuple[float, ...] = ()
     heartbeat: int = HEARTBEAT_SECONDS
+    strategy: str = DEFAULT_STRATEGY
+    targets: dict[str, object] = field(default_factory=dict)
+    screen: int = DEFAULT_SCREEN
 
     @property
     def storage_url(self) -> str:
@@ -235,6 +247,13 @@ def _check_study_section(study: StudySection, path: Path) -> None:
         raise RanksearchError(f"{path}: [study] n_trials must be >= 1, got {study.n_trials}")
     if study.timeout is not None and not study.timeout > 0:  # NaN too
         raise RanksearchError(f"{path}: [study] timeout must be > 0 seconds, got {study.timeout}")
+    if study.screen < 1:
+        raise RanksearchError(f"{path}: [study] screen must be an int >= 1 (candidates per trial), got {study.screen}")
+    for check in (lambda: check_strategy(study.strategy), lambda: check_targets(study.targets)):
+        try:
+            check()
+        except RanksearchError as error:
+            raise RanksearchError(f"{path}: [study] {error}") from None
     if study.heartbeat < 1:
         raise RanksearchError(f"{path}: [study] heartbeat must be an int >= 1 (seconds), got {study.heartbeat}")
     if not 0 <= study.seed < 2**32:  # what the samplers (numpy) accept

@@ -39,7 +39,8 @@ def tiny_task():
 @pytest.fixture
 def make_search() -> Callable[..., object]:
     """``make_search(task, **kwargs)``: a fast in-memory RankSearch on ``task = (model, train, val)``
-    (as test_study.py's: 3 rank fractions, 2 fine-tuning steps); ``kwargs`` override its options."""
+    (as test_study.py's: 3 rank fractions, 2 fine-tuning steps, the ``per-layer`` strategy, whose trials
+    these tests count and inspect); ``kwargs`` override its options."""
     from ranksearch.evaluator import EvaluatorSettings
     from ranksearch.space import SearchSpace
     from ranksearch.study import RankSearch
@@ -49,7 +50,8 @@ def make_search() -> Callable[..., object]:
 
     def make(task, **kwargs) -> RankSearch:
         model, train_loader, val_loader = task
-        options = {"storage": None, "space": space, "evaluator": fast, "study_name": "tiny", **kwargs}
+        options = {"storage": None, "space": space, "evaluator": fast, "study_name": "tiny", "strategy": "per-layer"}
+        options.update(kwargs)
         return RankSearch(model, train_loader, val_loader, **options)
 
     return make

@@ -89,7 +89,7 @@ def test_heuristic_configs_are_enqueued_as_warm_starts(tiny_task):
     space = SearchSpace(methods=("dense", "svd", "tucker2"), rank_fractions=(0.25, 0.5))
     baseline = uniform_config(model, fraction=0.5, method="svd", layers=list(space.layers(model)))
     search = RankSearch(
-        model, train_loader, val_loader, storage=None, space=space, warm_start=(),
+        model, train_loader, val_loader, storage=None, space=space, warm_start=(), strategy="per-layer",
         evaluator=EvaluatorSettings(finetune_steps=1, bn_batches=1, eval_batches=1), warm_start_configs=[baseline],
     )  # fmt: skip
     search.optimize(2, show_progress=False)

@@ -61,11 +61,14 @@ def as_plain(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    """The stored study in a fresh folder, with its model rebuilt (seed 0) and its study file filled in."""
+    """The stored study in a fresh folder, with its model rebuilt (seed 0) and its study file filled in, naming
+    the strategy its version used (``per-layer``, the default until ``allocate``)."""
     torch.manual_seed(0)
     torch.save(small_cnn(in_channels=1, num_classes=10, width=4), tmp_path / "model.pt")
     shutil.copy(STORED / "stored.db", tmp_path / "stored.db")
-    (tmp_path / "study.toml").write_text((STORED / "study.toml").read_text().replace("{folder}", str(tmp_path)))
+    text = (STORED / "study.toml").read_text().replace("{folder}", str(tmp_path))
+    (tmp_path / "original.toml").write_text(text)
+    (tmp_path / "study.toml").write_text(text.replace("[study]\n", '[study]\nstrategy = "per-layer"\n', 1))
     return tmp_path
 
 
@@ -104,6 +107,14 @@ def test_a_stored_study_resumes_without_changing_its_trials(folder: Path, capsys
     trials = load(folder).trials
     assert len(trials) == 12 and all(t.state.name == "COMPLETE" for t in trials)
     assert as_plain(trials[:10]) == expected_records()  # read back as stored, untouched
+
+
+def test_resuming_with_the_new_default_strategy_says_how_to_continue(folder: Path, capsys):
+    assert main(["run", str(folder / "original.toml"), "--n-trials", "11"]) == 2
+    err = capsys.readouterr().err
+    assert "exists with different strategy: stored per-layer, asked allocate" in err
+    assert '[study] strategy = "per-layer"' in err
+    assert len(load(folder).trials) == 10  # untouched
 
 
 def test_a_study_from_a_newer_schema_is_refused_with_a_clear_message(folder: Path, capsys):

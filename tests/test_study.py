@@ -38,8 +38,11 @@ def dominates(a, b, directions) -> bool:
 
 
 def make_search(task, **kwargs) -> RankSearch:
+    """A per-layer search (these tests inspect its per-layer parameters; test_allocate_strategy.py tests
+    the default ``allocate`` strategy)."""
     model, train_loader, val_loader = task
-    options = {"storage": None, "space": SPACE, "evaluator": FAST, "study_name": "tiny", **kwargs}
+    options = {"storage": None, "space": SPACE, "evaluator": FAST, "study_name": "tiny", "strategy": "per-layer"}
+    options.update(kwargs)
     return RankSearch(model, train_loader, val_loader, **options)
 
 

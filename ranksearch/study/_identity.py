@@ -27,6 +27,14 @@ from ._storage import open_storage
 __all__ = ["create_or_load", "study_identity", "weights_digest"]
 
 ADDED_TO_IDENTITY = ("weights",)  # identity keys newer than some stored studies: checked only where stored
+BEFORE_KEYS_EXISTED = {"grid": "rank", "strategy": "per-layer", "targets": {}}
+"""What a study stored before these identity keys existed was made with (so it resumes as what it was)."""
+EVALUATOR_BEFORE_KEYS_EXISTED = {"distill": 0.0, "distill_temperature": 4.0}
+UPGRADE_HINTS = {
+    "grid": ', or continue this one on its grid: [space] grid = "rank" (the default before the cost grid)',
+    "strategy": ', or continue this one as it was made: [study] strategy = "per-layer" (the default before '
+    '"allocate")',
+}
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -49,12 +57,15 @@ def study_identity(
     identity: dict[str, object] = {
         "objectives": list(objectives),
         "layers": {name: list(layer.methods) for name, layer in layers.items()},
+        "grid": space.grid,
         "rank_fractions": list(space.rank_fractions),
         "rank_multiple": space.rank_multiple,
         "evaluator": settings,
         "dense_cost": {"macs": evaluator.dense.macs, "params": evaluator.dense.params},
         "weights": weights_digest(evaluator.model),
     }
+    if space.grid == "cost":
+        identity["cost_fractions"] = list(space.cost_fractions)
     if evaluator.latency is not None and latency is not None:  # latencies measured elsewhere differ
         timing = asdict(latency)
         for bookkeeping in ("table", "check_every"):
@@ -103,6 +114,9 @@ def create_or_load(
 
 
 def _check_identity(stored: Mapping[str, object], identity: Mapping[str, object], where: str) -> None:
+    stored = {**BEFORE_KEYS_EXISTED, **stored}
+    if isinstance(stored.get("evaluator"), dict):
+        stored["evaluator"] = {**EVALUATOR_BEFORE_KEYS_EXISTED, **stored["evaluator"]}
     for key, value in identity.items():
         if key not in stored and key in ADDED_TO_IDENTITY:  # a study made before the key existed
             continue
@@ -113,7 +127,8 @@ def _check_identity(stored: Mapping[str, object], identity: Mapping[str, object]
                 "trained-model file (runs/baselines/) or use [model] path"
             )
         if json.loads(json.dumps(stored.get(key))) != json.loads(json.dumps(value)):
+            hint = UPGRADE_HINTS.get(key, "") if stored.get(key) == BEFORE_KEYS_EXISTED.get(key) else ""
             raise RanksearchError(
                 f"{where} exists with different {key}: stored {stored.get(key)}, asked {value}; use another study "
-                "name (or storage) for a different search"
+                f"name (or storage) for a different search{hint}"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import optuna
 
@@ -16,6 +17,12 @@ from ._budget import TrialBudget
 __all__ = ["TrialFailed", "TrialObjective"]
 
 Measured = tuple[int, tuple[float, ...], dict[str, object]]
+
+
+class Proposer(Protocol):
+    """Proposes a trial's config by other means than per-layer parameters (see ``_allocate``)."""
+
+    def suggest(self, trial: optuna.Trial) -> CompressionConfig: ...
 
 
 class TrialFailed(Exception):
@@ -36,14 +43,19 @@ class TrialObjective:
         layers: Mapping[str, LayerChoices],
         objectives: Sequence[str],
         latency: LatencySettings | None,
+        proposer: Proposer | None = None,
     ) -> None:
         self.study, self.evaluator, self.space, self.layers = study, evaluator, space, layers
         self.objectives, self.latency = tuple(objectives), latency
+        self.proposer = proposer
         self.budget: TrialBudget | None = None
         self._measured_configs: dict[str, Measured] | None = None
 
     def suggest(self, trial: optuna.Trial) -> CompressionConfig:
-        """The config a trial proposes: per layer a method, and a rank fraction for that method."""
+        """The config a trial proposes: the proposer's (the ``allocate`` strategy), or per layer a method and
+        a grid fraction for that method (``per-layer``)."""
+        if self.proposer is not None:
+            return self.proposer.suggest(trial)
         picks = {}
         for name, layer in self.layers.items():
             method = trial.suggest_categorical(param_name(name), layer.methods)

@@ -13,6 +13,7 @@ from ..record import (
     IDENTITY_ATTR,
     SAMPLER_ATTR,
     SCHEMA_ATTR,
+    SENSITIVITY_ATTR,
     TrialRecord,
     check_schema,
 )
@@ -49,7 +50,12 @@ def results_of(study: optuna.Study, storage: str | None = None) -> StudyResults:
         "latency": identity.get("latency"),
         "sampler": study.user_attrs.get(SAMPLER_ATTR),
         "evaluator": study.user_attrs.get(EVALUATOR_ATTR),
+        "strategy": identity.get("strategy", "per-layer"),
+        "targets": identity.get("targets") or {},
+        "sensitivity": study.user_attrs.get(SENSITIVITY_ATTR),
         "space": {
+            "grid": identity.get("grid", "rank"),
+            "cost_fractions": identity.get("cost_fractions"),
             "rank_fractions": identity.get("rank_fractions"),
             "rank_multiple": identity.get("rank_multiple"),
             "layers": identity.get("layers"),

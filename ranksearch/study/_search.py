@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -20,15 +21,23 @@ from ..latency import LatencySettings, LatencyTable
 from ..objectives import (
     DEFAULT_OBJECTIVES,
     DEFAULT_SAMPLER,
+    DEFAULT_SCREEN,
     DEFAULT_STORAGE,
+    DEFAULT_STRATEGY,
     HEARTBEAT_SECONDS,
+    ONE_SHOT_BUDGETS,
     WARM_START_FRACTIONS,
     check_objectives,
+    check_sampler,
+    check_strategy,
+    check_targets,
 )
-from ..record import CONFIG, DENSE, FRONT_LATENCY_ATTR, param_name
+from ..record import CONFIG, DENSE, FIXED_CONFIG, FRONT_LATENCY_ATTR, ONE_SHOT, param_name
 from ..report import Choice, ReportFiles, StudyResults, choose, figures, write_report
+from ..screening import ProxySettings
 from ..space import LayerChoices, SearchSpace
 from ..storage import beside_storage
+from ._allocate import AllocatingProposer
 from ._budget import TrialBudget, fail_stale_trials, finished_trials
 from ._identity import create_or_load, study_identity
 from ._objective import TrialFailed, TrialObjective
@@ -56,9 +65,19 @@ class RankSearch:
         evaluator: fine-tune and measurement settings.
         sampler: ``"tpe"`` (default), ``"nsga2"``, ``"nsga3"`` or ``"random"``.
         seed: seeds the sampler (the evaluator has its own seed).
-        warm_start: kept-rank fractions of the uniform configs enqueued first, after the dense model.
+        strategy: ``"allocate"`` (default: per-layer sensitivity curves measured once, trials search a
+            budget, method preferences and a depth tilt that an allocation turns into a config, screened by
+            a proxy) or ``"per-layer"`` (the sampler picks every layer's method and grid level).
+        targets: budgets the search aims at, ``{"macs": [0.1, 0.25, 0.5]}`` (also ``params``, ``latency``;
+            fractions of dense): ``allocate`` trials are spent at and just under them, and the report shows
+            the best trial per target. None: a free budget.
+        screen: candidates the proxy scores per ``allocate`` trial; the best earns the fine-tune (1: none).
+        proxy: how the proxy (sensitivity curves, screening) is measured.
+        warm_start: with ``per-layer``: grid fractions of the uniform configs enqueued first, after the
+            dense model. With ``allocate`` the study starts with the one-shot allocation at each target
+            (or at 10/25/50% MACs) instead.
         warm_start_configs: more configs to try first (e.g. from :mod:`ranksearch.heuristics`), each
-            snapped to the nearest ranks on the search grid.
+            snapped to the nearest ranks on the search grid (with ``allocate``: evaluated as they are).
         metric: ``metric(logits, targets) -> float`` replacing top-1 accuracy (higher is better).
         cache: a shared factor cache.
         latency: how to measure latency; default for a ``latency`` objective: float32, batch 1, on the
@@ -84,6 +103,10 @@ class RankSearch:
         seed: int = 0,
         warm_start: Sequence[float] = WARM_START_FRACTIONS,
         warm_start_configs: Sequence[CompressionConfig] = (),
+        strategy: str = DEFAULT_STRATEGY,
+        targets: Mapping[str, Sequence[float]] | None = None,
+        screen: int = DEFAULT_SCREEN,
+        proxy: ProxySettings | None = None,
         metric: Metric | None = None,
         cache: FactorCache | None = None,
         latency: LatencySettings | None = None,
@@ -93,10 +116,11 @@ class RankSearch:
             raise RanksearchError(f"heartbeat must be an int >= 1 (seconds) or None, got {heartbeat!r}")
         self.heartbeat = heartbeat
         self.objectives = check_objectives(objectives)
+        self.strategy, self.targets = check_strategy(strategy), check_targets(targets)
+        if isinstance(screen, bool) or not isinstance(screen, int) or screen < 1:
+            raise RanksearchError(f"screen must be an int >= 1 (candidates per trial), got {screen!r}")
         self.space = space or SearchSpace()
-        self.layers: dict[str, LayerChoices] = self.space.layers(model)
-        self.sampler_name = sampler
-        sampler_obj = make_sampler(sampler, seed)
+        self.sampler_name = check_sampler(sampler)  # before the evaluator's work, as every check here
         self.storage_url = None if storage is None else storage.replace("{study_name}", study_name)
         if latency is None and "latency" in self.objectives:
             latency = LatencySettings(device=(evaluator or EvaluatorSettings()).device)
@@ -106,24 +130,56 @@ class RankSearch:
         self.evaluator = Evaluator(
             model, train_loader, val_loader, evaluator, metric=metric, cache=cache, latency=latency, latency_table=table
         )
+        self.layers: dict[str, LayerChoices] = self.space.layers(model, self.evaluator.dense.input_shape)
+        search = {"screen": screen, "proxy": asdict(proxy or ProxySettings())} if strategy == "allocate" else {}
+        self.study = self._open_study(study_name, sampler, seed, heartbeat, latency, search)
+        self.proposer = None
+        if self.strategy == "allocate":
+            self.proposer = AllocatingProposer(
+                self.study, self.evaluator, self.layers, self.targets, screen=screen, proxy=proxy, seed=seed
+            )
+        self._objective = TrialObjective(
+            self.study, self.evaluator, self.space, self.layers, self.objectives, latency, self.proposer
+        )
+        if not self.study.trials:
+            self._enqueue_warm_starts(warm_start, warm_start_configs)
+
+    def _open_study(
+        self,
+        study_name: str,
+        sampler: str,
+        seed: int,
+        heartbeat: int | None,
+        latency: LatencySettings | None,
+        search: Mapping[str, object],
+    ) -> optuna.Study:
+        """Create the study, or resume it after checking that it was made with the same settings."""
         identity = study_identity(self.objectives, self.layers, self.space, self.evaluator, latency)
-        self.study = create_or_load(
+        identity.update(strategy=self.strategy, targets={k: list(v) for k, v in self.targets.items()}, **search)
+        return create_or_load(
             self.storage_url,
             study_name,
-            sampler_obj,
+            make_sampler(sampler, seed),
             identity,
             evaluator=self.evaluator,
             sampler_name=sampler,
             heartbeat=heartbeat,
         )
-        self._objective = TrialObjective(self.study, self.evaluator, self.space, self.layers, self.objectives, latency)
-        if not self.study.trials:
-            self._enqueue_warm_starts(warm_start, warm_start_configs)
 
     # --- warm starts ---------------------------------------------------------------------------
     def _enqueue_warm_starts(self, fractions: Sequence[float], configs: Sequence[CompressionConfig]) -> None:
-        """Queue the dense model, uniform configs at ``fractions`` (Tucker-2 where a layer has it, else SVD),
-        then ``configs``."""
+        """Queue the first trials. ``per-layer``: the dense model, uniform configs at ``fractions`` (Tucker-2
+        where a layer has it, else SVD), then ``configs`` snapped to the grid. ``allocate``: the one-shot
+        allocation at each target, then ``configs`` as they are."""
+        if self.proposer is not None:
+            proposer = self.proposer
+            for budget in proposer.one_shot_budgets(ONE_SHOT_BUDGETS):
+                self.study.enqueue_trial(proposer.knob_params(budget), user_attrs={ONE_SHOT: True})
+            for config in configs:
+                config = CompressionConfig({n: v for n, v in config.items() if n in self.layers})
+                params = proposer.knob_params(proposer.one_shot_budgets(ONE_SHOT_BUDGETS)[0])
+                self.study.enqueue_trial(params, user_attrs={FIXED_CONFIG: config.to_dict()})
+            return
         self.study.enqueue_trial(self._params({n: (DENSE, None) for n in self.layers}), skip_if_exists=True)
         for method in WARM_START_METHODS:
             if not any(method in layer.methods for layer in self.layers.values()):
@@ -133,6 +189,13 @@ class RankSearch:
                 self.study.enqueue_trial(self._params(picks), skip_if_exists=True)
         for config in configs:
             self.study.enqueue_trial(self._params(self.space.snap(self.layers, config)), skip_if_exists=True)
+
+    def prepare(self, log: Callable[[str], None] = print) -> None:
+        """Measure (or load from the study) what the strategy needs before its trials: the ``allocate``
+        strategy's sensitivity curves. :meth:`optimize` calls it; call it first to prepare once for workers."""
+        if self.proposer is not None:
+            self.proposer.log = log
+            self.proposer.prepare()
 
     def _params(self, picks: Mapping[str, tuple[str, float | None]]) -> dict[str, object]:
         params: dict[str, object] = {}
@@ -178,6 +241,7 @@ class RankSearch:
             fail_stale_trials(self.study)  # a killed worker's trial would hold a slot of the budget
         if n_trials == 0 or (shared is not None and shared.spent()):
             return
+        self.prepare(log=print if show_progress else (lambda _: None))
         progress = [Progress(self.study, self.objectives, n_trials, budget, label)] if show_progress else []
         stop = [shared.stop_when_spent] if shared is not None else []
         verbosity = optuna.logging.get_verbosity()

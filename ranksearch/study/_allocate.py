@@ -1,0 +1,208 @@
+"""The ``allocate`` strategy: trials search a few knobs that a sensitivity-based allocation turns into a config.
+
+With 20-40 trials no sampler learns a 20-40-dimensional conditional space. So per-layer sensitivity curves
+are measured once (:mod:`ranksearch.sensitivity`; stored in the study, so a resumed study does not measure
+them again), and each trial samples only knobs: the budget (a named target times a slack in [0.8, 1], or a
+free budget), a preference per method and a depth tilt. The allocator (:mod:`ranksearch.allocation`) turns
+them into a config that meets the budget; then the proxy (:mod:`ranksearch.screening`) scores it against
+nearby variants (local moves between layers, jittered knobs) and only the best earns the fine-tune: the
+search's refinement around its points, at a fraction of a trial's cost.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+
+import optuna
+
+from ..allocation import Allocator, Knobs, option_costs
+from ..config import CompressionConfig
+from ..evaluator import Evaluator
+from ..record import FIXED_CONFIG, FRACTIONS, ONE_SHOT, PROXY_LOSS, SCREENED, SENSITIVITY_ATTR
+from ..screening import ProxySettings, Screen
+from ..sensitivity import Sensitivity, measure_sensitivity
+from ..space import LayerChoices, SearchSpace
+
+__all__ = ["KNOB_BUDGET_CAP", "AllocatingProposer"]
+
+Pick = tuple[str, float | None]
+KNOB_BUDGET_CAP = 0.7
+"""The largest free budget (fraction of dense) a trial may ask for."""
+SLACK_RANGE = (0.8, 1.0)
+
+
+class AllocatingProposer:
+    """Proposes each trial's config from knobs; measures (or loads) the sensitivity curves on first use.
+
+    Args:
+        study: the study (its user attribute ``sensitivity`` holds the curves once measured).
+        evaluator: the search's evaluator (model, cache, fixed batches).
+        layers: the searched layers' choices.
+        targets: ``{cost: fractions}``; the first of ``macs`` / ``params`` named is the allocation's cost
+            (MACs without one) and its fractions are the budgets trials aim at. Empty: a free budget.
+        screen: candidates scored by the proxy per trial (1: the allocation alone).
+        proxy: the proxy's settings.
+        seed: seeds the variants (with the trial number).
+        log: receives progress lines of the sensitivity pass.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        evaluator: Evaluator,
+        layers: Mapping[str, LayerChoices],
+        targets: Mapping[str, tuple[float, ...]],
+        *,
+        screen: int,
+        proxy: ProxySettings | None = None,
+        seed: int = 0,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.study, self.evaluator, self.layers = study, evaluator, layers
+        self.kind = next((k for k in ("macs", "params") if k in targets), "macs")
+        self.targets = tuple(targets.get(self.kind, ()))
+        self.screen_size, self.proxy, self.seed, self.log = screen, proxy, seed, log
+        self.costs = option_costs(evaluator.model, layers, evaluator.dense.input_shape, self.kind)
+        self.floor = self._cheapest_any()
+        self._allocator: Allocator | None = None
+        self._screen: Screen | None = None
+
+    # --- preparation ---------------------------------------------------------------------------
+    def prepare(self) -> Sensitivity:
+        """The sensitivity curves: the study's stored ones, or measured now (and stored)."""
+        stored = self.study.user_attrs.get(SENSITIVITY_ATTR)
+        if stored is not None:
+            sensitivity = Sensitivity.from_dict(stored)
+        else:
+            sensitivity = self._measure()
+            self.study.set_user_attr(SENSITIVITY_ATTR, sensitivity.to_dict())
+        if self._allocator is None:
+            self._allocator = Allocator(self.layers, sensitivity, self.costs)
+        return sensitivity
+
+    def _measure(self) -> Sensitivity:
+        screen = self._proxy_screen()
+        methods = sorted({m for layer in self.layers.values() for m in layer.methods} - {"dense"})
+        self.log(f"sensitivity: scoring each of {len(self.layers)} layers alone under {', '.join(methods)} ...")
+        shown = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done / total >= shown[0] + 0.25:
+                shown[0] = done / total
+                self.log(f"  {done}/{total} proxy evaluations")
+
+        sensitivity = measure_sensitivity(screen, self.layers, progress=progress)
+        self.log(f"sensitivity: {sensitivity.probes} proxy evaluations in {sensitivity.seconds:.0f} s")
+        return sensitivity
+
+    def _proxy_screen(self) -> Screen:
+        if self._screen is None:
+            self._screen = Screen(self.evaluator, self.proxy)
+        return self._screen
+
+    def _cheapest_any(self) -> float:
+        """The least model cost any choice reaches (fraction of dense): the bottom of the free budget."""
+        own = sum(min(costs.values()) for costs in self.costs.options.values())
+        return (self.costs.fixed + own) / self.costs.dense_total
+
+    # --- knobs ---------------------------------------------------------------------------------
+    def methods(self) -> tuple[str, ...]:
+        """The methods that get a preference knob (every non-dense method of the searched layers)."""
+        return tuple(sorted({m for layer in self.layers.values() for m in layer.methods} - {"dense"}))
+
+    def knob_params(self, budget: float) -> dict[str, object]:
+        """The neutral knobs at ``budget`` (a target, or a free budget), as trial params: a one-shot allocation."""
+        params: dict[str, object] = {f"preference.{m}": 0.0 for m in self.methods()}
+        params["depth_tilt"] = 0.0
+        if self.targets:
+            params.update(target=budget, slack=1.0)
+        else:
+            params["budget"] = min(max(budget, self._budget_range()[0]), KNOB_BUDGET_CAP)
+        return params
+
+    def one_shot_budgets(self, defaults: tuple[float, ...]) -> tuple[float, ...]:
+        """The budgets of the one-shot allocations a new study starts with: its targets, else ``defaults``."""
+        return self.targets or tuple(b for b in defaults if b > self.floor)
+
+    def _budget_range(self) -> tuple[float, float]:
+        low = min(KNOB_BUDGET_CAP * 0.9, max(0.01, round(self.floor * 1.02, 4)))
+        return low, KNOB_BUDGET_CAP
+
+    def _knobs(self, trial: optuna.Trial) -> Knobs:
+        if self.targets:
+            budget = trial.suggest_categorical("target", self.targets) * trial.suggest_float("slack", *SLACK_RANGE)
+        else:
+            budget = trial.suggest_float("budget", *self._budget_range(), log=True)
+        preferences = {m: trial.suggest_float(f"preference.{m}", -1.0, 1.0) for m in self.methods()}
+        return Knobs(budget, preferences, trial.suggest_float("depth_tilt", -1.0, 1.0))
+
+    # --- proposing -----------------------------------------------------------------------------
+    def suggest(self, trial: optuna.Trial) -> CompressionConfig:
+        """The config of one trial: an enqueued fixed config, the knobs' allocation (one-shot trials), or the
+        best of the allocation and its variants by the proxy."""
+        knobs = self._knobs(trial)
+        fixed = trial.user_attrs.get(FIXED_CONFIG)
+        if fixed is not None:
+            trial.set_user_attr(SCREENED, 1)
+            return CompressionConfig.from_dict(fixed)
+        self.prepare()
+        allocator = self._allocator
+        base = allocator.picks(knobs)
+        candidates = [base]
+        if self.screen_size > 1 and not trial.user_attrs.get(ONE_SHOT):
+            rng = random.Random(self.seed * 1_000_003 + trial.number)
+            candidates += self._variants(base, knobs, rng)
+        chosen, loss = base, None
+        if len(candidates) > 1:
+            scores = [self._proxy_screen().score(SearchSpace.to_config(self.layers, c)).loss for c in candidates]
+            best = min(range(len(candidates)), key=lambda i: (scores[i], i))
+            chosen, loss = candidates[best], scores[best]
+        trial.set_user_attr(SCREENED, len(candidates))
+        if loss is not None and math.isfinite(loss):
+            trial.set_user_attr(PROXY_LOSS, loss)
+        trial.set_user_attr(FRACTIONS, {n: f for n, (m, f) in chosen.items() if f is not None})
+        return SearchSpace.to_config(self.layers, chosen)
+
+    def _variants(self, base: Mapping[str, Pick], knobs: Knobs, rng: random.Random) -> list[dict[str, Pick]]:
+        """Up to ``screen - 1`` distinct configs near ``base`` within its budget: half local moves (one layer
+        a level up or to another method, others down to pay for it), half allocations of jittered knobs."""
+        allocator = self._allocator
+        limit = max(knobs.budget, allocator.cost(base))
+        seen = {tuple(sorted(base.items(), key=str))}
+        found: list[dict[str, Pick]] = []
+        for attempt in range(8 * self.screen_size):
+            if len(found) >= self.screen_size - 1:
+                break
+            if attempt % 2 == 0:
+                candidate = self._local_move(base, limit, rng)
+            else:
+                jitter = {m: max(-1.0, min(1.0, v + rng.gauss(0, 0.3))) for m, v in knobs.preferences.items()}
+                tilt = max(-1.0, min(1.0, knobs.depth_tilt + rng.gauss(0, 0.3)))
+                candidate = allocator.picks(Knobs(knobs.budget, jitter, tilt))
+            key = tuple(sorted(candidate.items(), key=str)) if candidate else None
+            if candidate and key not in seen:
+                seen.add(key)
+                found.append(candidate)
+        return found
+
+    def _local_move(self, base: Mapping[str, Pick], limit: float, rng: random.Random) -> dict[str, Pick] | None:
+        """``base`` with one layer moved to another of its measured options, and other layers stepped down one
+        option at a time (cheaper, same method) until the config fits ``limit`` again; None if it cannot."""
+        options = self._allocator.options
+        picks = dict(base)
+        name = rng.choice(list(picks))
+        choices = [o[0] for o in options[name] if o[0] != picks[name]]
+        if not choices:
+            return None
+        picks[name] = rng.choice(choices)
+        others = [n for n in picks if n != name]
+        rng.shuffle(others)
+        for other in others:
+            if self._allocator.cost(picks) <= limit + 1e-12:
+                break
+            cheaper = [o for o in options[other] if o[1] < self.costs.options[other][picks[other]]]
+            if cheaper:
+                picks[other] = max(cheaper, key=lambda o: o[1])[0]
+        return picks if self._allocator.cost(picks) <= limit + 1e-12 else None
