@@ -17,6 +17,7 @@ from ._figures import (
     pareto_3d,
     pareto_scatter,
     rank_parallel_coordinates,
+    sensitivity_figure,
 )
 from ._pareto import hypervolume, hypervolume_history, pareto_mask
 from ._results import StudyResults, TrialRecord, config_summary, layer_columns, trials_table
@@ -44,6 +45,7 @@ __all__ = [
     "pareto_mask",
     "pareto_scatter",
     "rank_parallel_coordinates",
+    "sensitivity_figure",
     "trials_table",
     "write_dashboard",
     "write_report",

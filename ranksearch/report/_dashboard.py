@@ -131,6 +131,55 @@ def _pareto_table(results: StudyResults) -> str:
     )
 
 
+def _targets_section(results: StudyResults, study_file: str | None) -> str:
+    """The "Best per target" section: per budget the study named, the most accurate trial within it."""
+    best = results.best_per_target()
+    if best.empty:
+        return ""
+    extra = [c for c in ("latency", "methods") if c in best.columns]
+    columns = ["cost", "target", "trial", "accuracy", "value", "macs", "params", *extra]
+    labels = {"value": "cost reached", "methods": "layers per method", "target": "target (x dense)"}
+    head = "".join(f'<th class="{"text" if c in ("cost", "methods") else ""}">{labels.get(c, c)}</th>' for c in columns)
+    rows = []
+    for row in best.to_dict("records"):
+        cells = []
+        for column in columns:
+            value = row[column]
+            value = None if pd.isna(value) else int(value) if column == "trial" else value
+            shown, sort_key = _cell(value)
+            if column == "trial" and value is None:
+                shown = "none within the target"
+            elif column == "target":
+                shown = f"{value:g}"
+            cells.append(
+                f'<td class="{"text" if column in ("cost", "methods") else ""}" data-value="{sort_key}">{shown}</td>'
+            )
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"""<h2>Best per target</h2>
+<p class="muted">For each budget the study named: the most accurate completed trial whose cost is at most the
+target (a fraction of the dense model); ties go to the cheaper trial.{_target_export(best, study_file)}</p>
+<table class="sortable" id="targets-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
+"""
+
+
+def _target_export(best: pd.DataFrame, study_file: str | None) -> str:
+    found = best[best["trial"].notna()]
+    if found.empty:
+        return ""
+    row = found.iloc[0]
+    command = f"ranksearch export {study_file or 'STUDY.toml'} --trial {int(row['trial'])}"
+    return f" Export one by number: <code>{html.escape(command)}</code> ({row['cost']} &le; {row['target']:g})."
+
+
+def _settings_json(results: StudyResults) -> str:
+    """The settings as stored, the sensitivity curves summarized (their points are in the figure)."""
+    settings = {"dense": dict(results.dense), **results.settings}
+    curves = settings.get("sensitivity")
+    if isinstance(curves, Mapping) and isinstance(curves.get("points"), list):
+        settings["sensitivity"] = {**curves, "points": f"{len(curves['points'])} points (see the sensitivity figure)"}
+    return json.dumps(settings, indent=2, default=str)
+
+
 def _cards(results: StudyResults) -> str:
     dense = results.dense
     trials = results.trials
@@ -189,7 +238,7 @@ def dashboard_html(results: StudyResults, figures: Mapping[str, go.Figure], *, s
     for name, fig in figures.items():
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{name}", config={"responsive": True})
         blocks.append(f'<div class="figure" id="section-{html.escape(name)}">{div}</div>')
-    settings = json.dumps({"dense": dict(results.dense), **results.settings}, indent=2, default=str)
+    settings = _settings_json(results)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     storage = html.escape(str(results.storage)) if results.storage else "in memory"
     title = html.escape(f"ranksearch · {results.name}")
@@ -213,7 +262,7 @@ def dashboard_html(results: StudyResults, figures: Mapping[str, go.Figure], *, s
 <p class="muted">Click a column to sort. Accuracy is measured after the brief fine-tune on the evaluator's
 fixed validation batches.</p>
 {_pareto_table(results)}
-<h2>Export a configuration</h2>
+{_targets_section(results, study_file)}<h2>Export a configuration</h2>
 {_export_hint(results, study_file)}
 <h2>Settings</h2>
 <details><summary>sampler, evaluator, search space and the dense model as the study stored them</summary>

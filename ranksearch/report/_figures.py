@@ -11,6 +11,7 @@ import html
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 
 from ..record import DENSE
 from ._pareto import pareto_mask
@@ -25,10 +26,13 @@ __all__ = [
     "pareto_3d",
     "pareto_scatter",
     "rank_parallel_coordinates",
+    "sensitivity_figure",
 ]
 
 METHOD_LETTERS = {DENSE: "·", "svd": "S", "tucker2": "T", "tucker2_hooi": "H", "cp": "C", "tt": "TT"}
 LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 60, "b": 50}, "height": 460}
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+"""Line styles of the sensitivity curves, one per method."""
 COST_AXIS_MAX = 1.1
 """Cost axes stop here by default (the dense model is at 1.0)."""
 LABELS = {
@@ -257,9 +261,70 @@ def latency_check_figure(results: StudyResults) -> go.Figure:
     return fig
 
 
+def _curve_hover(curve: pd.DataFrame) -> list[str]:
+    return [
+        f"<b>{html.escape(r.layer)}</b> · {html.escape(r.method)}<br>kept rank {r.fraction:.0%}, "
+        f"layer cost {r.cost:.1%} of dense<br>loss +{r.loss_increase:.4f} · accuracy {r.metric:.4f}"
+        f"<br>{'measured' if r.measured else 'interpolated'}"
+        for r in curve.itertuples()
+    ]
+
+
+def _method_menu(methods: list[str], trace_methods: list[str]) -> list[dict]:
+    """A dropdown showing every curve or one method's (only worth it with two methods or more)."""
+    buttons = [{"label": "all methods", "method": "restyle", "args": [{"visible": [True] * len(trace_methods)}]}]
+    buttons += [
+        {"label": m, "method": "restyle", "args": [{"visible": [t == m for t in trace_methods]}]} for m in methods
+    ]
+    return [{"buttons": buttons, "x": 0.0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"}]
+
+
+def sensitivity_figure(results: StudyResults) -> go.Figure:
+    """Per-layer sensitivity: the proxy loss increase over dense with only that layer compressed, against
+    the layer's cost (log axis), one line per (layer, method), coloured by depth (dark = early layers) and
+    dashed by method.
+
+    Filled markers were measured, open ones interpolated; with several methods a menu shows one at a time.
+    """
+    frame = results.sensitivity()
+    order = list(dict.fromkeys([*(layer for layer in results.layers if layer in set(frame["layer"])), *frame["layer"]]))
+    colors = sample_colorscale("Viridis", [i / max(1, len(order) - 1) for i in range(len(order))])
+    methods = list(dict.fromkeys(frame["method"]))
+    fig, trace_methods = go.Figure(), []
+    for number, method in enumerate(methods):
+        dash = DASHES[number % len(DASHES)]
+        for index, layer in enumerate(order):
+            curve = frame[(frame["layer"] == layer) & (frame["method"] == method)].sort_values("cost")
+            if curve.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["cost"], y=curve["loss_increase"], mode="lines+markers", name=f"{layer} · {method}",
+                    line={"color": colors[index], "width": 1.5, "dash": dash},
+                    legendgroup=method, legendgrouptitle_text=method,
+                    marker={"color": colors[index], "size": 7,
+                            "symbol": ["circle" if m else "circle-open" for m in curve["measured"]]},
+                    hovertext=_curve_hover(curve), hoverinfo="text",
+                )
+            )  # fmt: skip
+            trace_methods.append(method)
+    stored = results.settings.get("sensitivity") or {}
+    title = "Per-layer sensitivity: proxy loss increase with one layer compressed"
+    title += f" ({stored.get('probes', len(frame))} probes, {float(stored.get('seconds', 0.0)):.0f} s)"
+    fig.update_layout(
+        title=title,
+        xaxis={"title": "layer cost (fraction of its dense cost, log)", "type": "log"},
+        yaxis_title="loss increase over dense",
+        updatemenus=_method_menu(methods, trace_methods) if len(methods) > 1 else [],
+        **{**LAYOUT, "height": 540, "margin": {**LAYOUT["margin"], "t": 100}},
+    )
+    return fig
+
+
 def figures(results: StudyResults) -> dict[str, go.Figure]:
     """Every figure that applies to the study, by name: ``pareto_<cost>`` per cost, ``pareto_3d`` with two
-    costs, ``layers``, ``parallel``, ``hypervolume``, ``finetune``.
+    costs, ``layers``, ``parallel``, ``hypervolume``, ``finetune``, then ``latency_check`` with timed
+    trials and ``sensitivity`` with per-layer sensitivity curves.
     """
     hover = hover_texts(results)
     out = {f"pareto_{cost}": pareto_scatter(results, cost, hover) for cost in results.costs}
@@ -271,4 +336,6 @@ def figures(results: StudyResults) -> dict[str, go.Figure]:
     out["finetune"] = finetune_effect(results, hover)
     if not results.latency_check().empty:
         out["latency_check"] = latency_check_figure(results)
+    if not results.sensitivity().empty:
+        out["sensitivity"] = sensitivity_figure(results)
     return out

@@ -22,6 +22,7 @@ import pandas as pd
 from ..errors import RanksearchError
 from ..record import DENSE, TrialRecord
 from ._pareto import hypervolume, hypervolume_history, pareto_mask, to_minimization
+from ._targets import best_rows, sensitivity_frame
 
 if TYPE_CHECKING:
     from ..config import CompressionConfig
@@ -240,6 +241,27 @@ class StudyResults:
                 "is_pareto": frame["is_pareto"].to_numpy(),
             }
         )
+
+    def best_per_target(self, targets: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
+        """The most accurate completed trial within each budget target: what to ship at each budget.
+
+        ``targets`` maps a cost (``macs``, ``params``, ``latency``) to fractions of the dense model, e.g.
+        ``{"macs": [0.1, 0.25]}``; by default the targets the study was run with (``settings["targets"]``).
+        One row per (cost, target): ``cost``, ``target``, ``trial``, ``accuracy``, ``value`` (the trial's
+        cost of that kind), ``macs``, ``params`` (and ``latency`` when recorded) as fractions of dense, and
+        ``methods``. Ties go to the cheaper trial in that cost, then the lower number; ``trial`` is missing
+        (``<NA>``) where no trial meets the target. An unknown cost kind or a fraction outside (0, 1)
+        raises :class:`RanksearchError`.
+        """
+        chosen = self.settings.get("targets") if targets is None else targets
+        return best_rows(self.completed(), chosen or {}, QUALITY)
+
+    def sensitivity(self) -> pd.DataFrame:
+        """The per-layer sensitivity curves the study measured (``allocate`` strategy), one row per point:
+        ``layer``, ``method``, ``fraction``, ``cost`` (the layer's, as a fraction of its dense cost),
+        ``loss``, ``metric``, ``measured`` (False where interpolated) and ``loss_increase`` over the dense
+        model; empty when the study stored no curves."""
+        return sensitivity_frame(self.settings.get("sensitivity"))
 
     # --- hypervolume -----------------------------------------------------------------------------
     def reference_point(self) -> dict[str, float]:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from ..errors import RanksearchError
 from ._dashboard import write_dashboard
 from ._figures import figures as make_figures
@@ -48,6 +50,7 @@ def _write_tables(results: StudyResults, folder: Path) -> tuple[list[Path], list
         written.append(folder / "trials.json")
         trials.to_json(written[-1], orient="records", indent=1)
         notes.append("trials.json instead of trials.parquet: Parquet needs pyarrow (pip install pyarrow)")
+    written += _write_extras(results, folder)
     summary = {
         "study": results.name,
         "storage": results.storage,
@@ -59,10 +62,31 @@ def _write_tables(results: StudyResults, folder: Path) -> tuple[list[Path], list
         "hypervolume": results.hypervolume(),
         "reference_point": results.reference_point(),
         "dense": dict(results.dense),
+        "best_per_target": _target_summary(results),
     }
     written.append(folder / "summary.json")
     written[-1].write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return written, notes
+
+
+def _write_extras(results: StudyResults, folder: Path) -> list[Path]:
+    """``targets.csv`` (best trial per budget target) and ``sensitivity.csv`` (the per-layer curves), when
+    the study has them."""
+    written = []
+    for name, frame in (("targets.csv", results.best_per_target()), ("sensitivity.csv", results.sensitivity())):
+        if not frame.empty:
+            written.append(folder / name)
+            frame.to_csv(written[-1], index=False)
+    return written
+
+
+def _target_summary(results: StudyResults) -> list[dict[str, object]]:
+    """Per target: cost, target, and the trial that meets it best (None where none does)."""
+    best = results.best_per_target()
+    return [
+        {"cost": row["cost"], "target": row["target"], "trial": None if pd.isna(row["trial"]) else int(row["trial"])}
+        for row in best.to_dict("records")
+    ]
 
 
 def write_report(
@@ -77,7 +101,8 @@ def write_report(
     """Write a study's report to ``folder``.
 
     Files: ``trials.csv`` and ``trials.parquet`` (``trials.json`` without pyarrow), ``pareto.csv``,
-    ``hypervolume.csv``, ``summary.json`` and ``report.html`` (the self-contained dashboard). With
+    ``hypervolume.csv``, ``summary.json``, ``targets.csv`` (with budget targets), ``sensitivity.csv``
+    (with per-layer sensitivity curves) and ``report.html`` (the self-contained dashboard). With
     ``images`` (e.g. ``("png", "svg")``) each figure is also written as ``figures/<name>.<format>``
     through kaleido; ``screenshot`` takes a PNG of the dashboard in headless Chromium. When no
     Chrome/Chromium is available those two are skipped with a note, and everything else is written.
