@@ -129,6 +129,7 @@ class Allocator:
             else:
                 low = middle
         self._top_up(weighted, best, limit)
+        self._exchange(weighted, best, limit)
         return {name: pick for name, (pick, _, _) in best.items()}
 
     def config(self, knobs: Knobs) -> CompressionConfig:
@@ -175,3 +176,33 @@ class Allocator:
             if best is None:
                 return
             solution[best[0]] = best[1]
+
+    def _exchange(
+        self, weighted: Mapping[str, list], solution: dict[str, tuple], limit: float, rounds: int = 20
+    ) -> None:
+        """Improve on the relaxation where layers' options are not convex: repeatedly apply the best pair of
+        moves (one layer to an option with less penalty, another to a cheaper one that pays for it) that
+        lowers the summed penalty within ``limit``; then spend what is left again."""
+        for _ in range(rounds):
+            slack = limit - self._cost(solution)
+            best, best_gain = None, 1e-12
+            for up, own_up in weighted.items():
+                _, cost_up, penalty_up = solution[up]
+                for option in own_up:
+                    extra, drop = option[1] - cost_up, penalty_up - option[2]
+                    if drop <= best_gain or extra <= slack:  # nothing to gain, or the top-up's job
+                        continue
+                    for down, own_down in weighted.items():
+                        if down == up:
+                            continue
+                        _, cost_down, penalty_down = solution[down]
+                        for cheaper in own_down:
+                            freed = cost_down - cheaper[1]
+                            gain = drop - (cheaper[2] - penalty_down)
+                            if freed > 0 and extra - freed <= slack and gain > best_gain:
+                                best, best_gain = ((up, option), (down, cheaper)), gain
+            if best is None:
+                return
+            for name, option in best:
+                solution[name] = option
+            self._top_up(weighted, solution, limit)

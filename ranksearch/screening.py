@@ -9,6 +9,7 @@ where several candidate configs compete and only the best by proxy earns the bri
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ class Screen:
         self.evaluator = evaluator
         self.settings = settings or ProxySettings()
         self.batches = _first_samples(evaluator.val_batches, self.settings.eval_samples)
-        self.dense = self._score_model(evaluator.model, recalibrate=False, start=time.perf_counter())
+        # The dense model recalibrated the same way, so that a loss increase is the compression's alone.
+        self.dense = self._score_model(copy.deepcopy(evaluator.model), recalibrate=True, start=time.perf_counter())
 
     def score(self, config: CompressionConfig) -> ProxyScore:
         """The proxy of one config (a config the model cannot take is a :class:`ConfigError`)."""

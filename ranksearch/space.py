@@ -45,7 +45,7 @@ def _round_rank(fraction: float, top: int, multiple: int) -> int:
     raw = fraction * top
     if multiple > 1 and top >= multiple:
         return min(top, max(multiple, multiple * round(raw / multiple)))
-    return min(top, max(1, math.ceil(raw)))
+    return min(top, max(1, math.ceil(raw - 1e-9)))  # 0.07 * 100 is 7.000000000000001: still 7
 
 
 @dataclass(frozen=True)

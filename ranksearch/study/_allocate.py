@@ -116,15 +116,16 @@ class AllocatingProposer:
         """The neutral knobs at ``budget`` (a target, or a free budget), as trial params: a one-shot allocation."""
         params: dict[str, object] = {f"preference.{m}": 0.0 for m in self.methods()}
         params["depth_tilt"] = 0.0
-        if self.targets:
-            params.update(target=budget, slack=1.0)
+        if self.targets:  # the target nearest ``budget`` (the categorical's choices are the targets)
+            params.update(target=min(self.targets, key=lambda t: abs(t - budget)), slack=1.0)
         else:
             params["budget"] = min(max(budget, self._budget_range()[0]), KNOB_BUDGET_CAP)
         return params
 
     def one_shot_budgets(self, defaults: tuple[float, ...]) -> tuple[float, ...]:
-        """The budgets of the one-shot allocations a new study starts with: its targets, else ``defaults``."""
-        return self.targets or tuple(b for b in defaults if b > self.floor)
+        """The budgets of the one-shot allocations a new study starts with: its targets, else ``defaults``;
+        those no config reaches are left out (a trial there would only repeat the cheapest config)."""
+        return tuple(b for b in (self.targets or defaults) if b > self.floor)
 
     def _budget_range(self) -> tuple[float, float]:
         low = min(KNOB_BUDGET_CAP * 0.9, max(0.01, round(self.floor * 1.02, 4)))

@@ -32,8 +32,7 @@ BEFORE_KEYS_EXISTED = {"grid": "rank", "strategy": "per-layer", "targets": {}}
 EVALUATOR_BEFORE_KEYS_EXISTED = {"distill": 0.0, "distill_temperature": 4.0}
 UPGRADE_HINTS = {
     "grid": ', or continue this one on its grid: [space] grid = "rank" (the default before the cost grid)',
-    "strategy": ', or continue this one as it was made: [study] strategy = "per-layer" (the default before '
-    '"allocate")',
+    "strategy": ', or continue this one as it was made: [study] strategy = "per-layer" (the default before "allocate")',
 }
 
 

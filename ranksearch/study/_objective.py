@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Protocol
 
 import optuna
@@ -10,13 +11,15 @@ import optuna
 from ..config import CompressionConfig
 from ..evaluator import Evaluator
 from ..latency import LatencySettings
-from ..record import CONFIG, DENSE, DUPLICATE_OF, INTERRUPTED, param_name
+from ..record import CONFIG, DENSE, DUPLICATE_OF, INTERRUPTED, Measurements, param_name
 from ..space import LayerChoices, SearchSpace
 from ._budget import TrialBudget
 
 __all__ = ["TrialFailed", "TrialObjective"]
 
 Measured = tuple[int, tuple[float, ...], dict[str, object]]
+MEASURED_ATTRS = frozenset({CONFIG, *(f.name for f in fields(Measurements))})
+"""What a repeated config copies from its first measurement (not how that trial was proposed)."""
 
 
 class Proposer(Protocol):
@@ -105,5 +108,6 @@ class TrialObjective:
             for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
                 if DUPLICATE_OF not in t.user_attrs and CONFIG in t.user_attrs:
                     key = CompressionConfig.from_dict(t.user_attrs[CONFIG]).to_json(indent=None)
-                    self._measured_configs.setdefault(key, (t.number, tuple(t.values), dict(t.user_attrs)))
+                    attrs = {k: v for k, v in t.user_attrs.items() if k in MEASURED_ATTRS}
+                    self._measured_configs.setdefault(key, (t.number, tuple(t.values), attrs))
         return self._measured_configs

@@ -37,7 +37,7 @@ from ..report import Choice, ReportFiles, StudyResults, choose, figures, write_r
 from ..screening import ProxySettings
 from ..space import LayerChoices, SearchSpace
 from ..storage import beside_storage
-from ._allocate import AllocatingProposer
+from ._allocate import KNOB_BUDGET_CAP, AllocatingProposer
 from ._budget import TrialBudget, fail_stale_trials, finished_trials
 from ._identity import create_or_load, study_identity
 from ._objective import TrialFailed, TrialObjective
@@ -175,9 +175,9 @@ class RankSearch:
             proposer = self.proposer
             for budget in proposer.one_shot_budgets(ONE_SHOT_BUDGETS):
                 self.study.enqueue_trial(proposer.knob_params(budget), user_attrs={ONE_SHOT: True})
-            for config in configs:
-                config = CompressionConfig({n: v for n, v in config.items() if n in self.layers})
-                params = proposer.knob_params(proposer.one_shot_budgets(ONE_SHOT_BUDGETS)[0])
+            budgets = proposer.one_shot_budgets(ONE_SHOT_BUDGETS) or (KNOB_BUDGET_CAP,)
+            for config in configs:  # evaluated as given; the knobs are only the trial's (neutral) parameters
+                params = proposer.knob_params(budgets[0])
                 self.study.enqueue_trial(params, user_attrs={FIXED_CONFIG: config.to_dict()})
             return
         self.study.enqueue_trial(self._params({n: (DENSE, None) for n in self.layers}), skip_if_exists=True)

@@ -1,0 +1,281 @@
+"""The ``allocate`` strategy end to end on the tiny task (costs under dense and under targets, one-shot trials
+first, sensitivity stored once, fixed configs as given, identity of older studies, bad input) and the
+fine-tune's distillation from the dense model."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ranksearch as rs
+from ranksearch.config import CompressionConfig
+from ranksearch.costs import count
+from ranksearch.evaluator import Evaluator, EvaluatorSettings
+from ranksearch.objectives import check_strategy, check_targets
+from ranksearch.record import IDENTITY_ATTR
+from ranksearch.screening import ProxySettings
+from ranksearch.sensitivity import Sensitivity
+from ranksearch.space import DEFAULT_COST_FRACTIONS, SearchSpace
+from ranksearch.study import _allocate
+
+PROXY = ProxySettings(bn_batches=1, eval_samples=60)
+COMPLETE = optuna.trial.TrialState.COMPLETE
+
+
+def allocate(task, make_search, **kwargs):
+    """An ``allocate`` search on the default (cost) grid with a small proxy; ``kwargs`` override."""
+    return make_search(task, **{"strategy": "allocate", "space": SearchSpace(), "proxy": PROXY, **kwargs})
+
+
+def check_allocated(search, trial) -> None:
+    """An allocated trial: its recorded grid fractions give its config, and the proxy attributes agree."""
+    config = search.config(trial.number)
+    fractions = trial.user_attrs["fractions"]
+    assert set(fractions) == {name for name, (method, _) in config.items() if method != "dense"}
+    for name, (method, rank) in config.items():
+        if method != "dense":
+            assert (
+                fractions[name] in DEFAULT_COST_FRACTIONS and search.layers[name].rank(method, fractions[name]) == rank
+            )
+    assert ("proxy_loss" in trial.user_attrs) == (trial.user_attrs["screened"] > 1)
+
+
+def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task, make_search):
+    search = allocate(tiny_task, make_search, targets={"macs": [0.5, 0.3]}, screen=3)
+    search.optimize(5, show_progress=False)
+    trials = search.study.get_trials()
+    assert [t.state for t in trials] == [COMPLETE] * 5
+    assert [t.number for t in trials if t.user_attrs.get("one_shot")] == [0, 1]  # one per target, first
+    assert [(t.params["target"], t.params["slack"]) for t in trials[:2]] == [(0.3, 1.0), (0.5, 1.0)]
+    assert all(v == 0.0 for t in trials[:2] for k, v in t.params.items() if k.startswith(("preference.", "depth")))
+    for trial in trials:
+        macs = trial.user_attrs["macs_ratio"]
+        assert macs < 1.0 and trial.values[1] == macs
+        assert macs <= trial.params["target"] + 1e-12 and macs <= trial.params["target"] * trial.params["slack"] + 1e-12
+        screened = trial.user_attrs["screened"]
+        assert (screened == 1) if trial.number < 2 else (2 <= screened <= 3)  # variants are found for 5 layers
+        check_allocated(search, trial)
+    stored = Sensitivity.from_dict(search.study.user_attrs["sensitivity"])
+    assert {p.layer for p in stored.points} == set(search.layers) and stored.probes > 0
+
+
+def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task, make_search):
+    search = allocate(tiny_task, make_search, screen=2)
+    search.optimize(4, show_progress=False)
+    trials = search.study.get_trials()
+    assert [t.params["budget"] for t in trials[:3]] == [0.1, 0.25, 0.5]
+    assert [bool(t.user_attrs.get("one_shot")) for t in trials] == [True, True, True, False]
+    for trial in trials:
+        assert trial.state == COMPLETE and "target" not in trial.params
+        assert trial.user_attrs["macs_ratio"] <= trial.params["budget"] + 1e-12 < 1.0
+        check_allocated(search, trial)
+
+
+def test_sensitivity_is_measured_once_and_not_again_on_resume(tiny_task, make_search, tmp_path, monkeypatch):
+    calls = []
+    measure = _allocate.measure_sensitivity
+    monkeypatch.setattr(_allocate, "measure_sensitivity", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    options = {"storage": f"sqlite:///{tmp_path}/study.db", "targets": {"macs": [0.4]}, "screen": 2}
+    first = allocate(tiny_task, make_search, **options)
+    assert calls == [] and "sensitivity" not in first.study.user_attrs  # nothing measured on construction
+    lines = []
+    first.prepare(log=lines.append)
+    assert calls == [1] and lines[0].startswith("sensitivity: scoring each of 5 layers alone")
+    first.prepare(log=lines.append)
+    first.optimize(2, show_progress=False)
+    stored = first.study.user_attrs["sensitivity"]
+    resumed = allocate(tiny_task, make_search, **options)
+    resumed.optimize(1, show_progress=False)
+    assert calls == [1] and resumed.study.user_attrs["sensitivity"] == stored
+    trials = resumed.study.get_trials()
+    assert [t.state for t in trials] == [COMPLETE] * 3
+    assert any(v != 0.0 for k, v in trials[2].params.items() if k.startswith("preference."))  # not a new one-shot
+    for changed, key in (({"targets": {"macs": [0.3]}}, "targets"), ({"screen": 3}, "screen")):
+        with pytest.raises(rs.RanksearchError, match=f"exists with different {key}: "):
+            allocate(tiny_task, make_search, **{**options, **changed})
+    with pytest.raises(rs.RanksearchError, match="exists with different strategy: stored allocate, asked per-layer"):
+        allocate(tiny_task, make_search, **{**options, "strategy": "per-layer"})
+
+
+def test_warm_start_configs_are_evaluated_as_given(tiny_task, make_search):
+    given = CompressionConfig({"6.0": ("svd", 3), "10": ("svd", 5)})  # rank 5 of layer 10 is on no grid level
+    search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2, warm_start_configs=[given])
+    assert 5 not in search.layers["10"].ranks["svd"]
+    search.optimize(2, show_progress=False)
+    one_shot, fixed = search.study.get_trials()
+    assert one_shot.user_attrs["one_shot"] and "fixed_config" not in one_shot.user_attrs
+    assert CompressionConfig.from_dict(fixed.user_attrs["fixed_config"]) == given and search.config(1) == given
+    assert fixed.user_attrs["screened"] == 1 and "proxy_loss" not in fixed.user_attrs
+    model = tiny_task[0]
+    macs = count(rs.apply(model, given), (1, 1, 8, 8)).macs / count(model, (1, 1, 8, 8)).macs
+    assert fixed.user_attrs["macs_ratio"] == pytest.approx(macs, abs=1e-12)
+
+
+def test_warm_start_configs_work_when_no_one_shot_budget_is_reachable(tiny_task, make_search):
+    given = CompressionConfig({"12": ("svd", 2)})
+    search = allocate(tiny_task, make_search, space=SearchSpace(include=("12",)), warm_start_configs=[given])
+    assert search.proposer.floor > 0.5  # the head is a sliver of the MACs: no 10/25/50% one-shot is reachable
+    assert [t.user_attrs.get("fixed_config") for t in search.study.get_trials()] == [given.to_dict()]
+
+
+def test_a_duplicate_in_a_resumed_study_is_not_marked_one_shot(tiny_task, make_search, tmp_path):
+    # One searched layer with one level: every allocation at a 90% target is the same config.
+    space = SearchSpace(methods=("dense", "svd"), cost_fractions=(0.3,), include=("10",))
+    options = {"space": space, "targets": {"macs": [0.9]}, "screen": 1}
+    same_process = allocate(tiny_task, make_search, **options)
+    same_process.optimize(2, show_progress=False)
+    first, duplicate = same_process.study.get_trials()
+    assert duplicate.user_attrs["duplicate_of"] == 0 and "one_shot" not in duplicate.user_attrs
+    storage = f"sqlite:///{tmp_path}/study.db"
+    allocate(tiny_task, make_search, storage=storage, **options).optimize(1, show_progress=False)
+    resumed = allocate(tiny_task, make_search, storage=storage, **options)
+    resumed.optimize(1, show_progress=False)
+    first, duplicate = resumed.study.get_trials()
+    assert duplicate.user_attrs["duplicate_of"] == 0 and first.user_attrs["one_shot"]
+    assert "one_shot" not in duplicate.user_attrs  # it was sampled, not enqueued
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"strategy": "greedy"}, r"unknown strategy 'greedy'; available: allocate, per-layer"),
+        ({"strategy": None}, r"unknown strategy None; available: allocate, per-layer"),
+        ({"targets": {"flops": [0.5]}}, r"unknown target cost 'flops'; available: macs, params, latency"),
+        ({"targets": {"macs": [0.5, 1.0]}}, r"targets macs must be fractions of dense in \(0, 1\), got 1.0"),
+        ({"targets": {"params": [0]}}, r"targets params must be fractions of dense in \(0, 1\), got 0"),
+        ({"targets": {"macs": [True]}}, r"targets macs must be fractions of dense in \(0, 1\), got True"),
+        ({"targets": {"macs": []}}, r"targets macs must be a non-empty list of fractions, got \[\]"),
+        ({"targets": {"macs": "0.5"}}, r"targets macs must be a non-empty list of fractions, got '0.5'"),
+        ({"targets": [0.5]}, r"targets must map a cost to fractions, e.g. \{macs = \[0.1, 0.25\]\}, got \[0.5\]"),
+        ({"screen": 0}, r"screen must be an int >= 1 \(candidates per trial\), got 0"),
+        ({"screen": True}, r"screen must be an int >= 1 \(candidates per trial\), got True"),
+        ({"screen": 2.0}, r"screen must be an int >= 1 \(candidates per trial\), got 2.0"),
+    ],
+)
+def test_bad_strategy_targets_and_screen_are_refused(tiny_task, make_search, kwargs, message):
+    with pytest.raises(rs.RanksearchError, match=message):
+        allocate(tiny_task, make_search, **kwargs)
+
+
+def test_targets_are_checked_sorted_and_deduplicated():
+    assert check_targets(None) == {} and check_targets({}) == {}
+    assert check_targets({"macs": [0.5, 0.1, 0.5], "latency": 0.3}) == {"macs": (0.1, 0.5), "latency": (0.3,)}
+    assert check_strategy("per-layer") == "per-layer"
+
+
+def test_a_study_stored_before_the_new_keys_resumes_as_a_rank_grid_per_layer_study(tiny_task, make_search, tmp_path):
+    storage = f"sqlite:///{tmp_path}/old.db"
+    options = {"storage": storage, "strategy": "per-layer", "space": SearchSpace(rank_fractions=(0.25, 0.5))}
+    make_search(tiny_task, **options).optimize(1, show_progress=False)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    identity = {k: v for k, v in study.user_attrs[IDENTITY_ATTR].items() if k not in ("grid", "strategy", "targets")}
+    identity["evaluator"] = {k: v for k, v in identity["evaluator"].items() if not k.startswith("distill")}
+    study.set_user_attr(IDENTITY_ATTR, identity)  # what a study stored before these keys existed holds
+    resumed = make_search(tiny_task, **options)
+    resumed.optimize(1, show_progress=False)
+    assert len(resumed.completed_trials()) == 2
+    refused = [
+        ({"strategy": "allocate"}, "strategy: stored per-layer, asked allocate"),
+        ({"space": SearchSpace()}, "grid: stored rank, asked cost"),
+        ({"targets": {"macs": [0.5]}}, r"targets: stored \{\}, asked \{'macs': \[0.5\]\}"),
+        ({"evaluator": EvaluatorSettings(finetune_steps=2, bn_batches=1, eval_batches=1, distill=0.5)}, "evaluator"),
+    ]
+    for changed, message in refused:
+        with pytest.raises(rs.RanksearchError, match=f"exists with different {message}"):
+            make_search(tiny_task, **{**options, **changed})
+
+
+# --- distillation in the fine-tune ---------------------------------------------------------------------------
+
+CONFIG = CompressionConfig({"3.0": ("svd", 1), "6.0": ("tucker2", (2, 1)), "10": ("svd", 3)})
+
+
+def finetune_by_hand(model, evaluator) -> None:
+    """The evaluator's fine-tune written out: SGD with cosine decay on (1 - w) * CE + w * T^2 * KL(dense || model)."""
+    s = evaluator.settings
+    optimizer = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    model.train()
+    for step, (inputs, targets) in enumerate(evaluator.train_batches[: s.finetune_steps]):
+        for group in optimizer.param_groups:
+            group["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * step / s.finetune_steps))
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets)
+        if s.distill:
+            loss = (1 - s.distill) * loss + s.distill * s.distill_temperature**2 * kl(evaluator, step, logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def kl(evaluator, step: int, logits: torch.Tensor) -> torch.Tensor:
+    """KL(dense || student) at the distillation temperature, summed over classes, mean over the batch."""
+    t = evaluator.settings.distill_temperature
+    teacher = F.softmax(evaluator.teacher_logits()[step] / t, dim=1)
+    return (teacher * (teacher.log() - F.log_softmax(logits / t, dim=1))).sum(1).mean()
+
+
+@pytest.mark.parametrize(("distill", "exact"), [(0.0, True), (0.5, False), (1.0, False)])
+def test_the_fine_tune_loss_blends_labels_and_distillation(tiny_task, distill, exact):
+    model, train_loader, val_loader = tiny_task
+    settings = EvaluatorSettings(finetune_steps=3, bn_batches=1, eval_batches=1, lr=0.05, distill=distill)
+    evaluator = Evaluator(model, train_loader, val_loader, dataclasses.replace(settings, distill_temperature=3.0))
+    student = rs.apply(model, CONFIG, cache=evaluator.cache)
+    by_hand = copy.deepcopy(student)
+    evaluator.finetune(student)
+    finetune_by_hand(by_hand, evaluator)
+    for (name, mine), theirs in zip(by_hand.state_dict().items(), student.state_dict().values(), strict=True):
+        if exact:  # distill = 0 is the plain label loss, to the bit
+            assert torch.equal(mine, theirs), name
+        else:
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_distillation_moves_the_student_towards_the_dense_logits(tiny_task):
+    model, train_loader, val_loader = tiny_task
+    settings = EvaluatorSettings(
+        finetune_steps=1, bn_batches=2, eval_batches=1, lr=0.02, momentum=0.0, distill=1.0, distill_temperature=2.0
+    )
+    evaluator = Evaluator(model, train_loader, val_loader, settings)
+    teacher = evaluator.teacher_logits()
+    assert len(teacher) == 1 and evaluator.teacher_logits() is teacher  # computed once, for the fine-tune batches
+    inputs = evaluator.train_batches[0][0]
+    with torch.no_grad():
+        torch.testing.assert_close(teacher[0], copy.deepcopy(model).eval()(inputs), rtol=0, atol=1e-6)
+    student = rs.apply(model, CONFIG, cache=evaluator.cache)
+    assert not evaluator.recalibrate(student, batches=0) and not evaluator.recalibrate(torch.nn.Linear(2, 2))
+    assert evaluator.recalibrate(student)
+
+    def divergence() -> float:
+        student.eval()
+        with torch.no_grad():
+            return kl(evaluator, 0, student(inputs)).item()
+
+    before = divergence()
+    evaluator.finetune(student)
+    assert divergence() < before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"distill": 1.5}, r"evaluator setting distill must be a number in \[0, 1\], got 1.5"),
+        ({"distill": -0.1}, r"evaluator setting distill must be a number in \[0, 1\], got -0.1"),
+        ({"distill": True}, r"evaluator setting distill must be a number in \[0, 1\], got True"),
+        ({"distill": "0.5"}, r"evaluator setting distill must be a number in \[0, 1\], got '0.5'"),
+        ({"distill_temperature": 0}, r"distill_temperature must be a finite number > 0, got 0"),
+        ({"distill_temperature": -1.0}, r"distill_temperature must be a finite number > 0, got -1.0"),
+        ({"distill_temperature": math.inf}, r"distill_temperature must be a finite number > 0, got inf"),
+        ({"distill_temperature": math.nan}, r"distill_temperature must be a finite number > 0, got nan"),
+        ({"distill_temperature": True}, r"distill_temperature must be a finite number > 0, got True"),
+    ],
+)
+def test_bad_distillation_settings_are_refused(kwargs, message):
+    with pytest.raises(rs.RanksearchError, match=message):
+        EvaluatorSettings(**kwargs)
