@@ -68,6 +68,8 @@ class AllocatingProposer:
         self.floor = self._cheapest_any()
         self._allocator: Allocator | None = None
         self._screen: Screen | None = None
+        self.seen: Callable[[CompressionConfig], bool] = lambda config: False
+        """Whether a config was measured before (set by the objective, which keeps the measured configs)."""
 
     # --- preparation ---------------------------------------------------------------------------
     def prepare(self) -> Sensitivity:
@@ -155,7 +157,9 @@ class AllocatingProposer:
         if self.screen_size > 1 and not trial.user_attrs.get(ONE_SHOT):
             rng = random.Random(self.seed * 1_000_003 + trial.number)
             candidates += self._variants(base, knobs, rng)
-        chosen, loss = base, None
+        fresh = [c for c in candidates if not self.seen(SearchSpace.to_config(self.layers, c))]
+        candidates = fresh or candidates[:1]  # a config measured before would only copy its measurements
+        chosen, loss = candidates[0], None
         if len(candidates) > 1:
             scores = [self._proxy_screen().score(SearchSpace.to_config(self.layers, c)).loss for c in candidates]
             best = min(range(len(candidates)), key=lambda i: (scores[i], i))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Protocol
 
@@ -23,7 +23,10 @@ MEASURED_ATTRS = frozenset({CONFIG, *(f.name for f in fields(Measurements))})
 
 
 class Proposer(Protocol):
-    """Proposes a trial's config by other means than per-layer parameters (see ``_allocate``)."""
+    """Proposes a trial's config by other means than per-layer parameters (see ``_allocate``); ``seen``
+    tells it which configs were measured already."""
+
+    seen: Callable[[CompressionConfig], bool]
 
     def suggest(self, trial: optuna.Trial) -> CompressionConfig: ...
 
@@ -51,6 +54,8 @@ class TrialObjective:
         self.study, self.evaluator, self.space, self.layers = study, evaluator, space, layers
         self.objectives, self.latency = tuple(objectives), latency
         self.proposer = proposer
+        if proposer is not None:  # new trials should propose new configs, not repeat measured ones
+            proposer.seen = lambda config: config.to_json(indent=None) in self._measured()
         self.budget: TrialBudget | None = None
         self._measured_configs: dict[str, Measured] | None = None
 
