@@ -29,7 +29,7 @@ def search(task, tmp_path, name="lat", objectives=("accuracy", "latency"), **lat
     settings = LatencySettings(**{**QUICK, "check_every": 2, **latency})
     return RankSearch(
         model, train_loader, val_loader, objectives=objectives, storage=f"sqlite:///{tmp_path}/{name}.db",
-        study_name=name, space=SPACE, evaluator=FAST, latency=settings,
+        study_name=name, space=SPACE, evaluator=FAST, latency=settings, strategy="per-layer",
     )  # fmt: skip
 
 
@@ -109,7 +109,9 @@ table = "{tmp}/table.json"
 
 def test_a_study_file_with_a_latency_objective_runs_and_reports(tmp_path, capsys):
     path = write_study(tmp_path)
-    text = path.read_text().replace("n_trials = 4", 'n_trials = 4\nobjectives = ["accuracy", "latency"]')
+    # per-layer: its dense warm start is within --max-latency 1.0 (the allocate strategy allocates by MACs)
+    header = 'n_trials = 4\nobjectives = ["accuracy", "latency"]\nstrategy = "per-layer"'
+    text = path.read_text().replace("n_trials = 4", header)
     path.write_text(text + STUDY_LATENCY.format(tmp=tmp_path))
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out

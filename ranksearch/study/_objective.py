@@ -55,9 +55,10 @@ class TrialObjective:
         self.objectives, self.latency = tuple(objectives), latency
         self.proposer = proposer
         if proposer is not None:  # new trials should propose new configs, not repeat measured ones
-            proposer.seen = lambda config: config.to_json(indent=None) in self._measured()
+            proposer.seen = self._seen
         self.budget: TrialBudget | None = None
         self._measured_configs: dict[str, Measured] | None = None
+        self._others: set[str] | None = None  # configs of other trials, complete or running (this trial's read)
 
     def suggest(self, trial: optuna.Trial) -> CompressionConfig:
         """The config a trial proposes: the proposer's (the ``allocate`` strategy), or per layer a method and
@@ -74,7 +75,13 @@ class TrialObjective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         if self.budget is not None:
             self.budget.claim_slot(trial)
-        config = self.suggest(trial)
+        self._others = None
+        try:
+            config = self.suggest(trial)  # the sensitivity pass may run here
+        except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
+        trial.set_user_attr(CONFIG, config.to_dict())  # now, so that other workers see it is being measured
         key = config.to_json(indent=None)
         earlier = self._measured().get(key)
         if earlier is not None:  # samplers do propose a config twice: reuse its measurements
@@ -102,6 +109,20 @@ class TrialObjective:
         return (
             self.latency is not None and self.latency.check_every > 0 and trial.number % self.latency.check_every == 0
         )
+
+    def _seen(self, config: CompressionConfig) -> bool:
+        """Whether ``config`` was measured, or is being measured by another worker (read from the storage)."""
+        key = config.to_json(indent=None)
+        if key in self._measured():
+            return True
+        if self._others is None:  # read once per trial: the proposer asks about several candidates
+            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+            self._others = {
+                CompressionConfig.from_dict(t.user_attrs[CONFIG]).to_json(indent=None)
+                for t in self.study.get_trials(deepcopy=False, states=states)
+                if CONFIG in t.user_attrs
+            }
+        return key in self._others
 
     def _measured(self) -> dict[str, Measured]:
         """Config JSON -> (trial, values, attributes) of its first completed evaluation.
