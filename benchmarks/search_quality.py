@@ -83,6 +83,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--device", default=None, help="evaluator device (default: the study file's)")
     parser.add_argument("--quick", action="store_true", help="12 trials, one seed, ranksearch and per-layer only")
+    parser.add_argument("--page-only", action="store_true", help="write the page from the stored points; run nothing")
     parser.add_argument("--out", help="folder for the stored points (default runs/search_quality/<study>)")
     parser.add_argument("--results", help="write the results page (markdown) here")
     args = parser.parse_args()
@@ -125,9 +126,12 @@ def main() -> None:
     )
     grid = budget_grid(targets, args.trials)
 
-    run_baselines(store, evaluator, model, list(layers), input_shape, [*targets, 0.2])
-    trial_seconds = statistics.median(r["seconds"] for r in store.rows if r["seed"] is None and r["arm"] != "one-shot"
-                                      and r.get("accuracy") is not None)  # fmt: skip
+    if not args.page_only:
+        run_baselines(store, evaluator, model, list(layers), input_shape, [*targets, 0.2])
+    evaluated = [r["seconds"] for r in store.rows if r["seed"] is None and r["arm"] != "one-shot" and r.get("accuracy")]
+    if not evaluated:
+        raise SystemExit(f"no baseline point stored in {out} yet: nothing to report")
+    trial_seconds = statistics.median(evaluated)
     wall = args.trials * trial_seconds
     print(f"median full evaluation {trial_seconds:.1f} s: each search gets {wall:.0f} s ({args.trials} trials' worth)")
     results: dict[str, object] = {"final": None, "distill": None}
@@ -140,6 +144,9 @@ def main() -> None:
                        results["distill"], candidates_per_minute(store), time.perf_counter() - started)  # fmt: skip
             print(f"results page: {args.results}")
 
+    if args.page_only:  # the page of what is stored so far (a long run's progress), nothing measured
+        checkpoint()
+        return
     run_one_shot(store, evaluator, layers, targets, out)
     if args.distill_check:
         results["distill"] = distill_check(store, evaluator, train_loader, val_loader, model, settings, targets)
