@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -263,13 +264,22 @@ def distill_check(store, evaluator, train_loader, val_loader, model, settings, t
 
 
 def _attr(search: RankSearch, number: int, key: str) -> object:
-    return search.study.trials[number].user_attrs.get(key)
+    if getattr(search, "_frozen", None) is None or len(search._frozen) <= number:  # read the storage once
+        search._frozen = search.study.get_trials(deepcopy=False)
+    return search._frozen[number].user_attrs.get(key)
 
 
 def summarize(store: PointStore, dense_accuracy: float, targets: list[float]) -> pd.DataFrame:
     """Per arm: runs, configs per run, mean (and spread) of the front metrics over seeds, wall seconds."""
     frame = store.frame()
-    frame = frame[frame["accuracy"].notna() & ~frame["arm"].str.startswith("distill ")]
+    frame = frame[frame["accuracy"].notna() & ~frame["arm"].str.startswith("distill ")].copy()
+    # a search's repeated configs (copied measurements, no evaluation) are one point
+    configs = frame["config"] if "config" in frame else [None] * len(frame)
+    frame["config_key"] = [
+        json.dumps(c, sort_keys=True) if isinstance(c, dict) else str(k)
+        for c, k in zip(configs, frame["key"], strict=True)
+    ]
+    frame = frame.drop_duplicates(subset=["arm", "seed", "config_key"])
     rows = []
     for (arm, seed), group in frame.groupby(["arm", frame["seed"].fillna(-1)], sort=False):
         clock = store.clock(arm if seed == -1 else f"{arm}-{int(seed)}")
@@ -295,7 +305,7 @@ def candidates_per_minute(store: PointStore, arm: str = "ranksearch") -> dict[st
         clock = store.clock(f"{arm}-{int(seed)}")
         minutes += clock["seconds"] / 60
         screened += clock.get("probes", 0) + group["screened"].fillna(1).sum()
-        full += len(group)
+        full += group["config"].map(lambda c: json.dumps(c, sort_keys=True)).nunique()  # repeats cost nothing
     return {"screened_per_minute": screened / minutes if minutes else math.nan,
             "full_per_minute": full / minutes if minutes else math.nan,
             "proxy_rank_correlation": spearman(-runs["proxy_loss"].astype(float), runs["accuracy"].astype(float)),
