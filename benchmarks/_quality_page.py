@@ -102,6 +102,7 @@ def write_page(
         f"| {name} | {entry['seconds'] / 60:.1f} | {entry.get('trials', '')} | {entry.get('probes', '')} | "
         f"{entry.get('sensitivity_seconds', 0.0):.0f} |"
         for name, entry in store.clocks.items()
+        if name != "search budget"
     )
     parts = [
         "# Search quality at matched budgets: ranksearch against the rank-selection baselines\n",

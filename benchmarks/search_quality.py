@@ -129,10 +129,14 @@ def main() -> None:
 
     if not args.page_only:
         run_baselines(store, evaluator, model, list(layers), input_shape, [*targets, 0.2])
-    evaluated = [r["seconds"] for r in store.rows if r["seed"] is None and r["arm"] != "one-shot" and r.get("accuracy")]
-    if not evaluated:
-        raise SystemExit(f"no baseline point stored in {out} yet: nothing to report")
-    trial_seconds = statistics.median(evaluated)
+    budget = store.clock("search budget")  # fixed when first measured, so a resumed run keeps it
+    if "trial_seconds" not in budget:
+        evaluated = [r["seconds"] for r in store.rows if r["seed"] is None and r["arm"] != "one-shot"
+                     and r.get("accuracy")]  # fmt: skip
+        if not evaluated:
+            raise SystemExit(f"no baseline point stored in {out} yet: nothing to report")
+        store.clock("search budget", 0.0, trial_seconds=statistics.median(evaluated))
+    trial_seconds = budget["trial_seconds"]
     wall = args.trials * trial_seconds
     print(f"median full evaluation {trial_seconds:.1f} s: each search gets {wall:.0f} s ({args.trials} trials' worth)")
     results: dict[str, object] = {"final": None, "distill": None}
