@@ -5,7 +5,8 @@
                    # warm_start, warm_start_heuristics
 [model]            # name (built-in) + options, or path (a torch.save'd nn.Module)
 [data]             # name (built-in dataset) + options, batch_size, eval_batch_size
-[training]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, cache_dir
+[training]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, augment,
+                   # cache_dir
 [space]            # SearchSpace: methods, grid, cost_fractions, rank_fractions, rank_multiple, include, exclude, ...
 [evaluator]        # EvaluatorSettings: finetune_steps, lr, ..., eval_batches, bn_batches, distill, ...
 [latency]          # LatencySettings: device, dtype, batch_size, threads, warmup, repeats, check_every, table

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from .errors import RanksearchError
 
-__all__ = ["TrainSettings", "load_or_train", "train"]
+__all__ = ["TrainSettings", "augment_batch", "load_or_train", "train"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class TrainSettings:
         batch_size: training batch size (the study's data loader is used for evaluation only).
         weight_decay: SGD weight decay.
         seed: seeds initialisation and data order.
+        augment: random translations by up to 2 pixels (zero padding) and horizontal flips of each training
+            image, drawn from ``seed``: what image classifiers need to generalise past a few epochs.
     """
 
     epochs: int = 10
@@ -47,6 +49,7 @@ class TrainSettings:
     batch_size: int = 64
     weight_decay: float = 5e-4
     seed: int = 0
+    augment: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -60,6 +63,8 @@ class TrainSettings:
             raise RanksearchError(f"training setting weight_decay must be a finite number >= 0, got {wd!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise RanksearchError(f"training setting seed must be an int, got {self.seed!r}")
+        if not isinstance(self.augment, bool):
+            raise RanksearchError(f"training setting augment must be true or false, got {self.augment!r}")
 
 
 def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
@@ -102,6 +107,8 @@ def train(
             warmup = min(1.0, (step + 1) / max(1, total // 10))
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * warmup * 0.5 * (1 + math.cos(math.pi * step / total))
+            if settings.augment:
+                inputs = augment_batch(inputs, generator)
             loss = _loss(model, inputs.to(device), targets.to(device))
             if not torch.isfinite(loss):
                 raise RanksearchError(f"training diverged (loss {loss.item()}) at step {step}: lower the lr")
@@ -116,6 +123,17 @@ def train(
             mean_loss = loss_sum / len(loader)
             log(f"  epoch {epoch + 1}/{settings.epochs}: loss {mean_loss:.4f} ({elapsed:.0f} s, ETA {eta:.0f} s)")
     return model.eval()
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, shift: int = 2) -> torch.Tensor:
+    """``images`` (N, C, H, W), each translated by up to ``shift`` pixels (zeros fill in) and flipped
+    horizontally with probability 1/2; random numbers from ``generator``."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (shift, shift, shift, shift))
+    offsets = torch.randint(0, 2 * shift + 1, (n, 2), generator=generator).tolist()
+    moved = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+    flip = torch.rand(n, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], moved.flip(-1), moved)
 
 
 def _loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -169,7 +187,10 @@ def load_or_train(
 
     Returns the model (eval mode), its validation accuracy and the cache file's path.
     """
-    full_identity = {**identity, "train": asdict(settings)}
+    recipe = asdict(settings)
+    if not recipe["augment"]:  # keys of models trained before the option existed stay the same
+        del recipe["augment"]
+    full_identity = {**identity, "train": recipe}
     path = Path(cache_dir) / f"{identity.get('model', 'model')}-{_key(full_identity)}.pt"
     try:  # before training: a cache that cannot be written is an error now, not after the training
         path.parent.mkdir(parents=True, exist_ok=True)
