@@ -235,12 +235,13 @@ def run_search(store, arm, seed, wall, model, train_loader, val_loader, study_fi
               f"({store.clock(name)['seconds']:.0f}/{wall:.0f} s)")  # fmt: skip
     trials = search.trials_dataframe()
     sensitivity = search.study.user_attrs.get("sensitivity") or {}
+    attrs = {t.number: t.user_attrs for t in search.study.get_trials(deepcopy=False)}  # one storage read
     for _, row in trials.iterrows():
+        own = attrs[int(row["trial"])]
         store.add(arm=arm, seed=seed, key=int(row["trial"]), budget=None, accuracy=row["accuracy"], macs=row["macs"],
                   params=row.get("params_ratio"), accuracy_recalibrated=row.get("accuracy_recalibrated"),
-                  proxy_loss=_attr(search, int(row["trial"]), "proxy_loss"),
-                  screened=_attr(search, int(row["trial"]), "screened") or 1, seconds=None,
-                  config=_attr(search, int(row["trial"]), "config"))  # fmt: skip
+                  proxy_loss=own.get("proxy_loss"), screened=own.get("screened") or 1, seconds=None,
+                  config=own.get("config"))  # fmt: skip
     store.clock(name, 0.0, done=True, trials=len(trials), probes=sensitivity.get("probes", 0),
                 sensitivity_seconds=sensitivity.get("seconds", 0.0))  # fmt: skip
 
@@ -265,12 +266,6 @@ def distill_check(store, evaluator, train_loader, val_loader, model, settings, t
             rows.append({"config": arm, "target": target, "labels only": match.iloc[0]["accuracy"],
                          "distill 0.5": distilled_row["accuracy"]})  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def _attr(search: RankSearch, number: int, key: str) -> object:
-    if getattr(search, "_frozen", None) is None or len(search._frozen) <= number:  # read the storage once
-        search._frozen = search.study.get_trials(deepcopy=False)
-    return search._frozen[number].user_attrs.get(key)
 
 
 def summarize(store: PointStore, dense_accuracy: float, targets: list[float]) -> pd.DataFrame:

@@ -86,8 +86,8 @@ class AllocatingProposer:
 
     def _measure(self) -> Sensitivity:
         screen = self._proxy_screen()
-        methods = sorted({m for layer in self.layers.values() for m in layer.methods} - {"dense"})
-        self.log(f"sensitivity: scoring each of {len(self.layers)} layers alone under {', '.join(methods)} ...")
+        methods = ", ".join(self.methods())
+        self.log(f"sensitivity: scoring each of {len(self.layers)} layers alone under {methods} ...")
         shown = [0.0]
 
         def progress(done: int, total: int) -> None:
