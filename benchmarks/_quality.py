@@ -1,5 +1,5 @@
 """The arms of ``search_quality.py``: baselines swept over budgets, the one-shot sensitivity allocation, and
-wall-clock-limited searches; with a point store that makes the whole run resumable.
+time-limited searches; their points go to a :class:`~_workqueue.PointStore` that makes the run resumable.
 
 Every arm's configs go through the same evaluator (same brief fine-tune, same batches). Each point records
 the arm, seed, budget, accuracy, MACs and params ratios and the seconds it took.
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from _workqueue import PointStore, cpu_clock, write_atomic
 
 import ranksearch
 from ranksearch.allocation import Allocator, Knobs, option_costs
@@ -32,39 +32,6 @@ from ranksearch.sensitivity import Sensitivity, measure_sensitivity
 from ranksearch.space import LayerChoices
 
 REFERENCE = (0.0, 1.0)  # accuracy 0, MACs 1.0 x dense
-
-
-class PointStore:
-    """Points and per-arm clocks in ``folder/points.jsonl`` and ``folder/clocks.json``; what is there is reused."""
-
-    def __init__(self, folder: Path) -> None:
-        self.points_file, self.clocks_file = folder / "points.jsonl", folder / "clocks.json"
-        self.rows = (
-            [json.loads(line) for line in self.points_file.read_text().splitlines()]
-            if self.points_file.exists()
-            else []
-        )
-        self.clocks = json.loads(self.clocks_file.read_text()) if self.clocks_file.exists() else {}
-
-    def has(self, arm: str, seed: int | None, key: object) -> bool:
-        return any(r["arm"] == arm and r["seed"] == seed and r["key"] == key for r in self.rows)
-
-    def add(self, **row: object) -> None:
-        self.rows.append(row)
-        with self.points_file.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-
-    def clock(self, name: str, seconds: float | None = None, **extra: object) -> dict:
-        """The stored clock of ``name``; with ``seconds``, add them (and store ``extra`` facts)."""
-        entry = self.clocks.setdefault(name, {"seconds": 0.0})
-        if seconds is not None:
-            entry["seconds"] += seconds
-            entry.update(extra)
-            self.clocks_file.write_text(json.dumps(self.clocks, indent=1))
-        return entry
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
 
 
 def budget_grid(targets: Sequence[float], size: int, low: float = 0.05, high: float = 0.75) -> list[float]:
@@ -122,30 +89,34 @@ def bisect(make: Callable[[float], CompressionConfig], macs_of: Callable[[Compre
 
 
 def evaluate_point(store: PointStore, evaluator: Evaluator, arm: str, budget: float, config: CompressionConfig,
-                   seed: int | None = None, extra_seconds: float = 0.0) -> None:  # fmt: skip
-    """Evaluate one config of an arm and store its point (failures are stored with accuracy NaN)."""
+                   seed: int | None = None) -> dict:  # fmt: skip
+    """Evaluate one config of an arm and store its point (failures are stored with accuracy None); the point
+    records the CPU seconds the evaluation took."""
+    start = cpu_clock()
     result = evaluator.evaluate(config)
-    store.add(arm=arm, seed=seed, key=budget, budget=budget, accuracy=None if result.failure else result.accuracy,
-              macs=result.macs_ratio, params=result.params_ratio,
-              seconds=result.seconds.get("total", 0.0) + extra_seconds,
-              accuracy_recalibrated=result.accuracy_recalibrated, config=config.to_dict())  # fmt: skip
+    return store.add(arm=arm, seed=seed, key=budget, budget=budget,
+                     accuracy=None if result.failure else result.accuracy, macs=result.macs_ratio,
+                     params=result.params_ratio, seconds=cpu_clock() - start,
+                     accuracy_recalibrated=result.accuracy_recalibrated, config=config.to_dict())  # fmt: skip
 
 
 def one_shot_configs(
     evaluator: Evaluator, layers: dict[str, LayerChoices], budgets: Sequence[float], cache: FactorCache, stored: Path
 ) -> tuple[dict[float, CompressionConfig], float, int]:
     """The sensitivity pass (kept in ``stored``, measured once) and one allocation per budget:
-    ({budget: config}, seconds, proxy evaluations)."""
-    start = time.perf_counter()
+    ({budget: config}, CPU seconds of the pass and the allocations, proxy evaluations)."""
+    start = cpu_clock()
     evaluator.cache = cache
+    measured = 0.0
     if stored.exists():
-        sensitivity = Sensitivity.from_dict(json.loads(stored.read_text()))
+        stored_dict = json.loads(stored.read_text())
+        sensitivity, measured = Sensitivity.from_dict(stored_dict), stored_dict.get("cpu_seconds", 0.0)
     else:
         sensitivity = measure_sensitivity(Screen(evaluator), layers)
-        stored.write_text(json.dumps(sensitivity.to_dict()))
+        write_atomic(stored, json.dumps({**sensitivity.to_dict(), "cpu_seconds": cpu_clock() - start}))
     allocator = Allocator(layers, sensitivity, option_costs(evaluator.model, layers, evaluator.dense.input_shape))
     configs = {b: allocator.config(Knobs(b)) for b in budgets if b > allocator.cheapest()}
-    return configs, sensitivity.seconds + time.perf_counter() - start, sensitivity.probes
+    return configs, measured + cpu_clock() - start, sensitivity.probes
 
 
 def front_metrics(points: pd.DataFrame, dense_accuracy: float, targets: Sequence[float]) -> dict[str, float]:

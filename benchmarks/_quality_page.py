@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import optuna
 import pandas as pd
 import torch
 from _machine import cpu_model
+from _workqueue import cpu_clock
 
 import ranksearch
 from ranksearch.config import CompressionConfig
@@ -35,34 +34,38 @@ def _best_under(frame: pd.DataFrame, arm: str, budget: float, seed: int | None) 
     return None if rows.empty else rows.sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
 
 
-def final_quality(store, evaluator, model, train_loader, val_loader, layer_names, budgets, epochs, study_file, out):
-    """The search's best config (seed 0) and uniform Tucker-2 at each budget, fine-tuned ``epochs`` epochs, then
-    measured on the whole validation set; cached in ``out/final.json``."""
-    path = Path(out) / "final.json"
-    done = json.loads(path.read_text()) if path.exists() else {}
-    frame = store.frame()
-    dense = done.get("dense") or evaluate_accuracy(model, val_loader, evaluator.device)
-    done["dense"] = dense
+def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budget, epochs) -> dict:
+    """The best config of ``arm`` (``seed``) at <= ``budget`` MACs, fine-tuned ``epochs`` epochs, then measured on
+    the whole validation set: ``{"accuracy", "macs", "brief accuracy", "seconds"}`` (CPU seconds)."""
+    best = _best_under(store.frame(), arm, budget, seed)
+    if best is None:
+        return {"accuracy": None, "skipped": f"no {arm} point at <= {budget:.0%} MACs"}
+    start = cpu_clock()
+    compressed = ranksearch.apply(model, CompressionConfig.from_dict(best["config"]), cache=evaluator.cache)
+    evaluator.recalibrate(compressed)
+    finetune_epochs(compressed, train_loader, epochs=epochs, lr=0.01, device=evaluator.device,
+                    log=lambda line: print(f"  final {arm}@{budget}: {line.strip()}"))  # fmt: skip
+    accuracy = evaluate_accuracy(compressed, val_loader, evaluator.device)
+    return {"accuracy": accuracy, "macs": float(best["macs"]), "brief accuracy": float(best["accuracy"]),
+            "seconds": cpu_clock() - start}  # fmt: skip
+
+
+def final_rows(store, budgets, epochs) -> tuple[pd.DataFrame, float] | None:
+    """The longer fine-tune's table (from ``final.json``) and the dense accuracy on the whole validation set."""
+    done = store.read_json("final.json")
+    if "dense" not in done:
+        return None
     rows = []
     for budget in budgets:
-        for arm, seed in (("ranksearch", 0), ("uniform tucker2", None)):
-            key = f"{arm}@{budget}"
-            best = _best_under(frame, arm, budget, seed)
-            if best is None:
+        for arm in ("ranksearch", "uniform tucker2"):
+            entry = done.get(f"{arm}@{budget}")
+            if not entry or entry.get("accuracy") is None:
                 continue
-            if key not in done:
-                start = time.perf_counter()
-                compressed = ranksearch.apply(model, CompressionConfig.from_dict(best["config"]), cache=evaluator.cache)
-                evaluator.recalibrate(compressed)
-                finetune_epochs(compressed, train_loader, epochs=epochs, lr=0.01, device=evaluator.device,
-                                log=lambda line, key=key: print(f"  {key}: {line.strip()}"))  # fmt: skip
-                accuracy = evaluate_accuracy(compressed, val_loader, evaluator.device)
-                done[key] = {"accuracy": accuracy, "seconds": time.perf_counter() - start}
-                path.write_text(json.dumps(done, indent=1))
-            rows.append({"budget": budget, "arm": arm, "macs": best["macs"], "brief accuracy": best["accuracy"],
-                         f"after {epochs} epochs": done[key]["accuracy"], "vs dense (points)":
-                         100 * (done[key]["accuracy"] - dense), "seconds": done[key]["seconds"]})  # fmt: skip
-    return pd.DataFrame(rows), dense
+            rows.append({"budget": budget, "arm": arm, "macs": entry["macs"], "brief accuracy": entry["brief accuracy"],
+                         f"after {epochs} epochs": entry["accuracy"],
+                         "vs dense (points)": 100 * (entry["accuracy"] - done["dense"]),
+                         "seconds": entry["seconds"]})  # fmt: skip
+    return pd.DataFrame(rows), done["dense"]
 
 
 def _margins(summary: pd.DataFrame, targets: list[float]) -> list[str]:
@@ -112,11 +115,13 @@ def write_page(
         f"Study file `{args.study}`: dense accuracy {evaluator.dense.accuracy:.4f} on the evaluator's validation "
         f"subset; dense model trained by {_training(study_file)}.\n",
         "## Accounting\n",
-        f"Every config of every arm gets the same brief fine-tune. The median full evaluation took "
-        f"{trial_seconds:.1f} s, so each search got {wall / 60:.1f} min of wall-clock ({args.trials} trials' "
-        "worth), its sensitivity pass and proxies included; each baseline was swept over as many MACs budgets "
+        f"Every config of every arm gets the same brief fine-tune. Times are CPU seconds of single-threaded "
+        "processes (equal to wall-clock on an idle core, and not eaten by other load on a shared machine). The "
+        f"median full evaluation took {trial_seconds:.1f} s, so each search got {wall / 60:.1f} min ({args.trials} "
+        "trials' worth), its sensitivity pass and proxies included; each baseline was swept over as many MACs budgets "
         f"as that ({args.trials}: the targets {targets} and a log-spaced grid from 5% to 75%).\n",
-        "| run | minutes | full trials | proxy evaluations (sensitivity) | sensitivity seconds |\n"
+        "| run | CPU minutes | full trials | proxy evaluations (sensitivity) | sensitivity seconds (one-shot: CPU; "
+        "searches: wall, as the study records it) |\n"
         "|:--|--:|--:|--:|--:|\n" + clocks + "\n",
         "## Best accuracy at <= each MACs target (mean over seeds for the searches)\n",
         table + "\n",

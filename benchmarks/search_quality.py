@@ -6,7 +6,7 @@ Every arm's configs go through the same evaluator (the study file's brief fine-t
   front has as many points as a search has trials: uniform SVD / Tucker-2, energy SVD, VBMF Tucker-2 and
   error-balanced (ALDS-style) SVD / Tucker-2, all on the layers the study searches;
 - ``one-shot``: the per-layer sensitivity pass, then one knapsack allocation per budget (no search);
-- searches (``--arms``), each limited to the wall-clock of ``--trials`` full trials (the median baseline
+- searches (``--arms``), each limited to the time of ``--trials`` full trials (the median baseline
   evaluation, measured in the same run) with its preparation (the sensitivity pass, proxies) counted:
   ``ranksearch`` (the default: allocate strategy, TPE, the targets), ``random`` (allocate, random knobs),
   ``nsga2`` (allocate, NSGA-II), ``no-screen`` (allocate, TPE, no proxy screening), ``per-layer`` (TPE over
@@ -16,12 +16,14 @@ Prints and writes (``--results``) the best accuracy at <= each target per arm (m
 hypervolume, each arm's time, candidates screened and full evaluations per minute, the rank correlation of
 the proxy with the fine-tuned accuracy, and (``--final-epochs``) the chosen configs after a longer
 fine-tune next to uniform Tucker-2's. Everything is stored under ``--out`` as it is measured: run the same
-command again to resume.
+command again to resume. ``--jobs N`` runs N processes that share the work (each takes the next unit no other
+holds: a baseline point, a search seed, a longer fine-tune); every clock counts the CPU seconds of its process
+(one thread each), which equals wall-clock on an idle core and is not eaten by other load.
 
     python benchmarks/search_quality.py --quick                                  # digits, a few minutes
     python benchmarks/search_quality.py --seeds 0,1,2 --results benchmarks/RESULTS.md
-    python benchmarks/search_quality.py --study studies/fashion_resnet20.toml --seeds 0,1,2 \\
-        --final-epochs 5 --results benchmarks/RESULTS_fashion.md                  # hours on 2 CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/search_quality.py --study studies/fashion_resnet20.toml --seeds 0,1,2 \\
+        --final-epochs 5 --jobs 2 --results benchmarks/RESULTS_fashion.md         # hours on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ import dataclasses
 import json
 import math
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -39,7 +44,6 @@ import pandas as pd
 import torch
 from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
 from _quality import (
-    PointStore,
     baseline_families,
     budget_grid,
     evaluate_point,
@@ -48,7 +52,8 @@ from _quality import (
     spearman,
     try_config,
 )
-from _quality_page import final_quality, write_page
+from _quality_page import BASELINES, final_rows, final_run, write_page
+from _workqueue import PointStore, Unit, cpu_clock, work
 
 from ranksearch.cache import FactorCache
 from ranksearch.config import CompressionConfig
@@ -57,6 +62,7 @@ from ranksearch.evaluator import Evaluator
 from ranksearch.runner import load_model
 from ranksearch.study import RankSearch
 from ranksearch.studyfile import load_study_file
+from ranksearch.training import evaluate_accuracy
 
 SEARCH_ARMS = {
     "ranksearch": {"strategy": "allocate", "sampler": "tpe"},
@@ -85,6 +91,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="evaluator device (default: the study file's)")
     parser.add_argument("--quick", action="store_true", help="12 trials, one seed, ranksearch and per-layer only")
     parser.add_argument("--page-only", action="store_true", help="write the page from the stored points; run nothing")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes sharing the work (run each with OMP_NUM_THREADS=1; default 1)"
+    )
     parser.add_argument("--out", help="folder for the stored points (default runs/search_quality/<study>)")
     parser.add_argument("--results", help="write the results page (markdown) here")
     args = parser.parse_args()
@@ -95,6 +104,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    helpers = []
+    if args.jobs > 1 and not args.page_only:  # more copies of this command share the stored points
+        argv = without_option(sys.argv[1:], "--jobs")
+        helpers = [subprocess.Popen([sys.executable, __file__, *argv]) for _ in range(args.jobs - 1)]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     study_file = load_study_file(args.study)
@@ -125,110 +138,215 @@ def main() -> None:
     print(
         f"dense accuracy {evaluator.dense.accuracy:.4f}, {evaluator.dense.macs:,} MACs, {len(layers)} searched layers"
     )
-    grid = budget_grid(targets, args.trials)
-
-    if not args.page_only:
-        run_baselines(store, evaluator, model, list(layers), input_shape, [*targets, 0.2])
-    budget = store.clock("search budget")  # fixed when first measured, so a resumed run keeps it
-    if "trial_seconds" not in budget:
-        evaluated = [r["seconds"] for r in store.rows if r["seed"] is None and r["arm"] != "one-shot"
-                     and r.get("accuracy")]  # fmt: skip
-        if not evaluated:
-            raise SystemExit(f"no baseline point stored in {out} yet: nothing to report")
-        store.clock("search budget", 0.0, trial_seconds=statistics.median(evaluated))
-    trial_seconds = budget["trial_seconds"]
-    wall = args.trials * trial_seconds
-    print(f"median full evaluation {trial_seconds:.1f} s: each search gets {wall:.0f} s ({args.trials} trials' worth)")
-    results: dict[str, object] = {"final": None, "distill": None}
+    bench = Bench(args, store, evaluator, model, layers, train_loader, val_loader, study_file, settings, targets)
 
     def checkpoint() -> None:  # the page after every phase: a long run has a readable page all along
         summary = summarize(store, evaluator.dense.accuracy, targets)
         print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
-        if args.results:
-            write_page(args, store, summary, evaluator, study_file, wall, trial_seconds, results["final"],
-                       results["distill"], candidates_per_minute(store), time.perf_counter() - started)  # fmt: skip
+        if args.results and "trial_seconds" in store.clock("search budget"):
+            budget = store.clock("search budget")["trial_seconds"]
+            write_page(args, store, summary, evaluator, study_file, args.trials * budget, budget, bench.final_table(),
+                       bench.distill_table(), candidates_per_minute(store), time.perf_counter() - started)  # fmt: skip
             print(f"results page: {args.results}")
 
-    if args.page_only:  # the page of what is stored so far (a long run's progress), nothing measured
-        checkpoint()
-        return
-    run_one_shot(store, evaluator, layers, targets, out)
-    if args.distill_check:
-        results["distill"] = distill_check(store, evaluator, train_loader, val_loader, model, settings, targets)
-    for seed in seeds:
-        run_search(store, "ranksearch", seed, wall, model, train_loader, val_loader, study_file, settings, targets, out)
-        checkpoint()
-    if args.final_epochs:
-        budgets = [float(b) for b in args.final_targets.split(",")]
-        results["final"] = final_quality(store, evaluator, model, train_loader, val_loader, list(layers), budgets,
-                                         args.final_epochs, study_file, out)  # fmt: skip
-        checkpoint()
-    run_baselines(store, evaluator, model, list(layers), input_shape, grid)
-    run_one_shot(store, evaluator, layers, grid, out)
+    if not args.page_only:
+        work(bench.units(seeds, arms, checkpoint), store)
+        for helper in helpers:
+            if helper.wait():
+                raise SystemExit(f"a --jobs helper process failed (exit {helper.returncode})")
     checkpoint()
-    for arm in [a for a in arms if a != "ranksearch"]:
-        for seed in seeds:
-            run_search(store, arm, seed, wall, model, train_loader, val_loader, study_file, settings, targets, out)
-        checkpoint()
 
 
-def run_baselines(store, evaluator, model, layer_names, input_shape, budgets) -> None:
-    """Every baseline family at every budget (stored points are skipped)."""
-    families = baseline_families(model, layer_names, input_shape, evaluator.cache)
-    for name, family in families.items():
-        for budget in budgets:
-            if store.has(name, None, budget):
-                continue
-            config = try_config(family, budget)
-            if config is None:
-                store.add(arm=name, seed=None, key=budget, budget=budget, accuracy=None, macs=None, seconds=0.0,
-                          skipped=f"cannot meet {budget:.0%} MACs")  # fmt: skip
-                continue
-            evaluate_point(store, evaluator, name, budget, config)
-            row = store.rows[-1]
-            print(
-                f"  {name} at {budget:.1%}: accuracy {row['accuracy']}, macs {row['macs']:.3f} ({row['seconds']:.0f} s)"
-            )
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--jobs 2`` or ``--jobs=2``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
 
 
-def run_one_shot(store, evaluator, layers, budgets, out) -> None:
-    """The sensitivity pass (timed, a fresh factor cache) and one allocation per budget not stored yet."""
-    todo = [b for b in budgets if not store.has("one-shot", None, b)]
-    if not todo:
-        return
-    shared = evaluator.cache
-    configs, seconds, probes = one_shot_configs(evaluator, layers, todo, FactorCache(), out / "sensitivity.json")
-    clock = store.clock("one-shot")
-    if "sensitivity_seconds" not in clock:
-        store.clock("one-shot", seconds, sensitivity_seconds=seconds, probes=probes)
-    print(f"  one-shot: sensitivity pass {probes} proxy evaluations in {seconds:.0f} s")
-    for budget in todo:
-        if budget not in configs:
-            store.add(arm="one-shot", seed=None, key=budget, budget=budget, accuracy=None, macs=None, seconds=0.0,
-                      skipped="below the cheapest allocation")  # fmt: skip
-            continue
-        evaluate_point(store, evaluator, "one-shot", budget, configs[budget])
-        store.clock("one-shot", store.rows[-1]["seconds"])
-        print(f"  one-shot at {budget:.1%}: accuracy {store.rows[-1]['accuracy']}, macs {store.rows[-1]['macs']:.3f}")
-    evaluator.cache = shared
+class Bench:
+    """The benchmark's units of work (:class:`~_workqueue.Unit`) over one study file, and its tables."""
+
+    def __init__(self, args, store, evaluator, model, layers, train_loader, val_loader, study_file, settings,
+                 targets) -> None:  # fmt: skip
+        self.args, self.store, self.evaluator, self.model = args, store, evaluator, model
+        self.layers, self.train_loader, self.val_loader = layers, train_loader, val_loader
+        self.study_file, self.settings, self.targets = study_file, settings, targets
+        self.out = store.folder
+        self.final_budgets = [float(b) for b in args.final_targets.split(",")] if args.final_epochs else []
+        self._families = None
+        self._one_shot: dict[float, CompressionConfig] | None = None
+        self._taught: Evaluator | None = None
+
+    # -- the plan ---------------------------------------------------------------------------------------------
+    def units(self, seeds: list[int], arms: list[str], checkpoint: Callable[[], None]) -> list[Unit]:
+        """In order of priority: the baselines at the targets (they fix the search budget), the sensitivity
+        pass and one-shot allocations, the distillation check, the default search's seeds, the longer
+        fine-tune, the baselines' and one-shot's finer grids, the other search arms."""
+        store, targets = self.store, self.targets
+        first = list(dict.fromkeys([*targets, 0.2, *self.final_budgets]))
+        grid = budget_grid(targets, self.args.trials)
+        units = [self._baseline(name, b) for name in BASELINES for b in first]
+        head = [u.name for u in units]
+        units.append(Unit("sensitivity", self._sensitivity, (self.out / "sensitivity.json").exists))
+        units += [self._one_shot_unit(b) for b in first]
+        if self.args.distill_check:
+            for arm in ("one-shot", "uniform tucker2"):
+                after = (f"{arm}@{target}" for target in targets)
+                units += [Unit(f"distill {arm}@{t}", lambda a=arm, t=t: self._distill(a, t),
+                               lambda a=arm, t=t: store.has(f"distill {a}", None, t), (n,))
+                          for t, n in zip(targets, after, strict=True)]  # fmt: skip
+        searches = [(a, s) for a in ["ranksearch", *[a for a in arms if a != "ranksearch"]] for s in seeds]
+        search_units = [self._search(arm, seed, head, checkpoint) for arm, seed in searches]
+        units += search_units[: len(seeds)]
+        for budget in self.final_budgets:
+            for arm, after in (("ranksearch", ["ranksearch-0"]), ("uniform tucker2", [f"uniform tucker2@{budget}"])):
+                key = f"{arm}@{budget}"
+                units.append(Unit(f"final {key}", lambda a=arm, b=budget: self._final(a, b),
+                                  lambda k=key: k in store.read_json("final.json"), after))  # fmt: skip
+        units += [self._baseline(name, b) for name in BASELINES for b in grid if b not in first]
+        units += [self._one_shot_unit(b) for b in grid if b not in first]
+        return units + search_units[len(seeds) :]
+
+    def _baseline(self, name: str, budget: float) -> Unit:
+        return Unit(f"{name}@{budget}", lambda: self._run_baseline(name, budget),
+                    lambda: self.store.has(name, None, budget))  # fmt: skip
+
+    def _one_shot_unit(self, budget: float) -> Unit:
+        return Unit(f"one-shot@{budget}", lambda: self._run_one_shot(budget),
+                    lambda: self.store.has("one-shot", None, budget), ("sensitivity",))  # fmt: skip
+
+    def _search(self, arm: str, seed: int, head: list[str], checkpoint: Callable[[], None]) -> Unit:
+        def run() -> None:
+            run_search(self.store, arm, seed, self.search_wall(), self.model, self.train_loader, self.val_loader,
+                       self.study_file, self.settings, self.targets, self.out)  # fmt: skip
+            checkpoint()
+
+        return Unit(f"{arm}-{seed}", run, lambda: bool(self.store.clock(f"{arm}-{seed}").get("done")), head)
+
+    # -- running a unit ---------------------------------------------------------------------------------------
+    def search_wall(self) -> float:
+        """CPU seconds per search: ``--trials`` times the median baseline evaluation at the targets (fixed when
+        first computed, so a resumed run keeps it)."""
+        with self.store.locked():
+            budget = self.store.clock("search budget")
+        if "trial_seconds" not in budget:
+            evaluated = [r["seconds"] for r in self.store.rows
+                         if r["seed"] is None and r["arm"] in BASELINES and r.get("accuracy")]  # fmt: skip
+            median = statistics.median(evaluated)
+            budget = self.store.update_json("clocks.json", lambda c: c.setdefault(
+                "search budget", {"seconds": 0.0, "trial_seconds": median}))["search budget"]  # fmt: skip
+        wall = self.args.trials * budget["trial_seconds"]
+        print(f"median full evaluation {budget['trial_seconds']:.1f} CPU s: each search gets {wall:.0f} s "
+              f"({self.args.trials} trials' worth)")  # fmt: skip
+        return wall
+
+    def _run_baseline(self, name: str, budget: float) -> None:
+        if self._families is None:
+            self._families = baseline_families(self.model, list(self.layers), self.evaluator.dense.input_shape,
+                                               self.evaluator.cache)  # fmt: skip
+        config = try_config(self._families[name], budget)
+        if config is None:
+            self.store.add(arm=name, seed=None, key=budget, budget=budget, accuracy=None, macs=None, seconds=0.0,
+                           skipped=f"cannot meet {budget:.0%} MACs")  # fmt: skip
+            return
+        row = evaluate_point(self.store, self.evaluator, name, budget, config)
+        print(f"  {name} at {budget:.1%}: accuracy {row['accuracy']}, macs {row['macs']:.3f} ({row['seconds']:.0f} s)")
+
+    def one_shot_configs(self) -> dict[float, CompressionConfig]:
+        """The one-shot allocation at every budget the benchmark uses (the pass is stored, so this is cheap)."""
+        if self._one_shot is None:
+            budgets = sorted({*self.targets, 0.2, *self.final_budgets, *budget_grid(self.targets, self.args.trials)})
+            shared = self.evaluator.cache
+            self._one_shot, _, _ = one_shot_configs(self.evaluator, self.layers, budgets, FactorCache(),
+                                                    self.out / "sensitivity.json")  # fmt: skip
+            self.evaluator.cache = shared
+        return self._one_shot
+
+    def _sensitivity(self) -> None:
+        """The sensitivity pass, timed on a fresh factor cache (the search's pass starts from nothing too)."""
+        shared = self.evaluator.cache
+        _, seconds, probes = one_shot_configs(self.evaluator, self.layers, [], FactorCache(),
+                                              self.out / "sensitivity.json")  # fmt: skip
+        self.evaluator.cache = shared
+        self.store.clock("one-shot", seconds, sensitivity_seconds=seconds, probes=probes)
+        print(f"  one-shot: sensitivity pass {probes} proxy evaluations in {seconds:.0f} s")
+
+    def _run_one_shot(self, budget: float) -> None:
+        config = self.one_shot_configs().get(budget)
+        if config is None:
+            self.store.add(arm="one-shot", seed=None, key=budget, budget=budget, accuracy=None, macs=None,
+                           seconds=0.0, skipped="below the cheapest allocation")  # fmt: skip
+            return
+        row = evaluate_point(self.store, self.evaluator, "one-shot", budget, config)
+        self.store.clock("one-shot", row["seconds"])
+        print(f"  one-shot at {budget:.1%}: accuracy {row['accuracy']}, macs {row['macs']:.3f}")
+
+    def _distill(self, arm: str, target: float) -> None:
+        """One config (one-shot or uniform Tucker-2 at ``target``) with distillation (weight 0.5) in the brief
+        fine-tune, to set beside its labels-only point."""
+        base = self.store.get(arm, None, target)
+        if base is None or base.get("accuracy") is None:
+            self.store.add(arm=f"distill {arm}", seed=None, key=target, budget=target, accuracy=None, macs=None,
+                           seconds=0.0, skipped=f"no {arm} point at {target:.0%}")  # fmt: skip
+            return
+        if self._taught is None:
+            distilled = dataclasses.replace(self.settings, distill=0.5)
+            self._taught = Evaluator(self.model, self.train_loader, self.val_loader, distilled,
+                                     cache=self.evaluator.cache)  # fmt: skip
+        evaluate_point(self.store, self._taught, f"distill {arm}", target, CompressionConfig.from_dict(base["config"]))
+
+    def _final(self, arm: str, budget: float) -> None:
+        if "dense" not in self.store.read_json("final.json"):
+            dense = evaluate_accuracy(self.model, self.val_loader, self.evaluator.device)
+            self.store.update_json("final.json", lambda done: done.setdefault("dense", dense))
+        seed = 0 if arm == "ranksearch" else None
+        result = final_run(self.store, self.evaluator, self.model, self.train_loader, self.val_loader, arm, seed,
+                           budget, self.args.final_epochs)  # fmt: skip
+        self.store.update_json("final.json", lambda done: done.update({f"{arm}@{budget}": result}))
+
+    # -- tables for the page ----------------------------------------------------------------------------------
+    def distill_table(self) -> pd.DataFrame | None:
+        if not self.args.distill_check:
+            return None
+        rows = []
+        for arm in ("one-shot", "uniform tucker2"):
+            for target in self.targets:
+                base, taught = self.store.get(arm, None, target), self.store.get(f"distill {arm}", None, target)
+                if base and taught and taught.get("accuracy") is not None:
+                    rows.append({"config": arm, "target": target, "labels only": base["accuracy"],
+                                 "distill 0.5": taught["accuracy"]})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def final_table(self) -> tuple[pd.DataFrame, float] | None:
+        if not self.final_budgets:
+            return None
+        return final_rows(self.store, self.final_budgets, self.args.final_epochs)
 
 
 def run_search(store, arm, seed, wall, model, train_loader, val_loader, study_file, settings, targets, out) -> None:
-    """One search arm and seed, trial by trial until its wall-clock budget is spent (resumable)."""
+    """One search arm and seed, trial by trial until its CPU-time budget is spent (resumable: the study is
+    stored, the clock too)."""
     name = f"{arm}-{seed}"
     clock = store.clock(name)
     if clock.get("done"):
         return
     options = dict(SEARCH_ARMS[arm])
-    start = time.perf_counter()
+    start = cpu_clock()
     search = RankSearch(model, train_loader, val_loader, storage=f"sqlite:///{out}/{name}.db", study_name=name,
                         space=study_file.space, evaluator=settings, seed=seed, targets={"macs": targets},
                         cache=FactorCache(), **options)  # fmt: skip
-    store.clock(name, time.perf_counter() - start)
+    store.clock(name, cpu_clock() - start)
     while store.clock(name)["seconds"] < wall:
-        start = time.perf_counter()
+        start = cpu_clock()
         search.optimize(n_trials=1, show_progress=False)
-        store.clock(name, time.perf_counter() - start)
+        store.clock(name, cpu_clock() - start)
         frame = search.trials_dataframe()
         last = frame.iloc[-1]
         print(f"  {name}: trial {int(last['trial'])} accuracy {last['accuracy']:.4f} macs {last['macs']:.3f} "
@@ -238,34 +356,14 @@ def run_search(store, arm, seed, wall, model, train_loader, val_loader, study_fi
     attrs = {t.number: t.user_attrs for t in search.study.get_trials(deepcopy=False)}  # one storage read
     for _, row in trials.iterrows():
         own = attrs[int(row["trial"])]
+        if store.has(arm, seed, int(row["trial"])):  # stored before an interruption
+            continue
         store.add(arm=arm, seed=seed, key=int(row["trial"]), budget=None, accuracy=row["accuracy"], macs=row["macs"],
                   params=row.get("params_ratio"), accuracy_recalibrated=row.get("accuracy_recalibrated"),
                   proxy_loss=own.get("proxy_loss"), screened=own.get("screened") or 1, seconds=None,
                   config=own.get("config"))  # fmt: skip
     store.clock(name, 0.0, done=True, trials=len(trials), probes=sensitivity.get("probes", 0),
                 sensitivity_seconds=sensitivity.get("seconds", 0.0))  # fmt: skip
-
-
-def distill_check(store, evaluator, train_loader, val_loader, model, settings, targets) -> pd.DataFrame:
-    """The one-shot and uniform Tucker-2 configs at the targets, brief fine-tune with and without distillation."""
-    frame = store.frame()
-    taught = None
-    rows = []
-    for arm in ("one-shot", "uniform tucker2"):
-        for target in targets:
-            match = frame[(frame["arm"] == arm) & (frame["key"] == target) & frame["accuracy"].notna()]
-            if match.empty:
-                continue
-            if not store.has(f"distill {arm}", None, target):
-                if taught is None:
-                    distilled = dataclasses.replace(settings, distill=0.5)
-                    taught = Evaluator(model, train_loader, val_loader, distilled, cache=evaluator.cache)
-                config = CompressionConfig.from_dict(match.iloc[0]["config"])
-                evaluate_point(store, taught, f"distill {arm}", target, config)
-            distilled_row = next(r for r in store.rows if r["arm"] == f"distill {arm}" and r["key"] == target)
-            rows.append({"config": arm, "target": target, "labels only": match.iloc[0]["accuracy"],
-                         "distill 0.5": distilled_row["accuracy"]})  # fmt: skip
-    return pd.DataFrame(rows)
 
 
 def summarize(store: PointStore, dense_accuracy: float, targets: list[float]) -> pd.DataFrame:
