@@ -4,7 +4,8 @@ The ready studies start from a trained model, which this module produces on firs
 the digits CNN, minutes for ResNet-20 on Fashion-MNIST) and stores under the cache folder, keyed by
 everything that determines the result (model, its options, dataset, its options, training settings,
 seed). Files are written atomically (temporary file + rename); a file that cannot be read is
-retrained with a warning.
+retrained with a warning. Training saves a checkpoint after every epoch (``<cache file>.partial``): a run
+that is interrupted resumes from its last epoch, and ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -85,8 +86,13 @@ def train(
     settings: TrainSettings,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place on ``train_set``; returns it in eval mode. ``log`` gets a line per epoch."""
+    """Train ``model`` in place on ``train_set``; returns it in eval mode. ``log`` gets a line per epoch.
+
+    With ``checkpoint`` (a file path), the state after each epoch (weights, optimizer, random generators) is
+    saved there, and a run that finds one resumes after its epoch: the result is the same as without a stop.
+    """
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator, drop_last=True)
@@ -100,8 +106,14 @@ def train(
         model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay, nesterov=True
     )
     total = settings.epochs * len(loader)
-    step, start = 0, time.perf_counter()
-    for epoch in range(settings.epochs):
+    step, first_epoch, done_seconds = 0, 0, 0.0
+    if checkpoint is not None and Path(checkpoint).exists():
+        first_epoch, done_seconds = _resume(Path(checkpoint), model, optimizer, generator, settings, device)
+        step = first_epoch * len(loader)
+        if log is not None:
+            log(f"  resuming after epoch {first_epoch}/{settings.epochs} from {checkpoint}")
+    start = time.perf_counter() - done_seconds
+    for epoch in range(first_epoch, settings.epochs):
         loss_sum = 0.0
         for inputs, targets in loader:
             warmup = min(1.0, (step + 1) / max(1, total // 10))
@@ -117,12 +129,40 @@ def train(
             optimizer.step()
             loss_sum += loss.item()
             step += 1
+        elapsed = time.perf_counter() - start
+        if checkpoint is not None and epoch + 1 < settings.epochs:
+            state = {"epoch": epoch + 1, "seconds": elapsed, "settings": asdict(settings),
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}  # fmt: skip
+            atomic_torch_save(state, Path(checkpoint))
         if log is not None:
-            elapsed = time.perf_counter() - start
             eta = elapsed / (epoch + 1) * (settings.epochs - epoch - 1)
             mean_loss = loss_sum / len(loader)
             log(f"  epoch {epoch + 1}/{settings.epochs}: loss {mean_loss:.4f} ({elapsed:.0f} s, ETA {eta:.0f} s)")
     return model.eval()
+
+
+def _resume(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    settings: TrainSettings,
+    device: str,
+) -> tuple[int, float]:
+    """Load a checkpoint of :func:`train` into ``model``, ``optimizer`` and ``generator``: (epochs done, seconds)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if state["settings"] != asdict(settings):
+            raise ValueError("it was written with other training settings")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["epoch"]), float(state["seconds"])
+    except Exception as error:  # truncated, foreign or stale: start over
+        warnings.warn(f"training checkpoint {path} is not usable ({error}); training from the start", stacklevel=3)
+        return 0, 0.0
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator, shift: int = 2) -> torch.Tensor:
@@ -206,8 +246,10 @@ def load_or_train(
         except Exception as error:  # truncated or foreign file: rebuild it
             warnings.warn(f"trained-model cache {path} is unreadable ({error}); retraining", stacklevel=2)
     log(f"training the dense model {identity.get('model')} on {identity.get('data')} for {settings.epochs} epochs ...")
-    train(model, train_set, settings, device, log=log)
+    partial = path.with_name(path.name + ".partial")
+    train(model, train_set, settings, device, log=log, checkpoint=partial)
     accuracy = evaluate_accuracy(model, val_loader, torch.device(device))
     atomic_torch_save({"state_dict": model.state_dict(), "accuracy": accuracy, "identity": full_identity}, path)
+    partial.unlink(missing_ok=True)
     log(f"trained accuracy {accuracy:.4f}, saved to {path}")
     return model, accuracy, path
