@@ -1,4 +1,13 @@
-"""apply(model, config): a compressed copy of a model; the user's model is never modified."""
+"""apply(model, config): a compressed copy of a model; the user's model is never modified.
+
+Attention: a projection of an ``nn.MultiheadAttention`` (``<attn>.q_proj``, ``k_proj``, ``v_proj``,
+``out_proj``) is replaced after the attention is unpacked into an
+:class:`~ranksearch.attention.UnpackedMultiheadAttention` (in the copy; attention left untouched by the
+config stays packed). Around every replaced layer, torch's encoder fast path is kept off
+(:func:`~ranksearch.attention.turn_off_fast_paths`): it would run the dense weights, so the compressed
+model computes with its factors in eval mode as in training. The same happens when
+:func:`ranksearch.load` rebuilds a saved model, since both go through :func:`replace_module`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .attention import turn_off_fast_paths, unpack_in_place
 from .cache import FactorCache
 from .config import CompressionConfig, ResolvedLayer
 from .errors import RanksearchError
@@ -15,13 +25,21 @@ __all__ = ["apply", "apply_resolved", "replace_module"]
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of the submodule called ``name`` (in place)."""
+    """Put ``new`` in place of the submodule called ``name`` (in place).
+
+    A projection of an ``nn.MultiheadAttention`` unpacks that attention first (in ``model``); encoder
+    layers above ``name`` leave torch's fast path (see the module docs).
+    """
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.MultiheadAttention):  # it never calls its projections: unpack it first
+        unpack_in_place(model, [parent_name])
+        parent = model.get_submodule(parent_name)
     if isinstance(parent, (nn.Sequential, nn.ModuleList)) and child.isdigit():
         parent[int(child)] = new
     else:
         setattr(parent, child, new)
+    turn_off_fast_paths(model, name)
 
 
 def apply(model: nn.Module, config: CompressionConfig, *, cache: FactorCache | None = None) -> nn.Module:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .attention import searchable_view
 from .decompositions import Decomposition, Rank, get_method
 from .errors import ConfigError, UnsupportedLayerError
 from .layers import _layer_reasons
@@ -196,7 +197,13 @@ class CompressionConfig(Mapping[str, Entry]):
 
         ``check_weights=False`` skips the finite-weights check, for callers that only need the
         structure (loading a saved model onto an architecture whose weights do not matter).
+
+        Names are resolved on :func:`~ranksearch.attention.searchable_view`, so an
+        ``nn.MultiheadAttention``'s ``<attn>.q_proj`` (``k_proj``, ``v_proj``, ``out_proj``) resolves to a
+        Linear sharing the attention's weights; :func:`~ranksearch.compress.replace_module` unpacks the
+        attention when such a layer is replaced.
         """
+        model = searchable_view(model)
         own_reasons = _layer_reasons(model)
         resolved = []
         for name, (method_name, rank) in self.compressed().items():

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .attention import unpack_attention
 from .cache import FactorCache
 from .compress import replace_module
 from .config import CompressionConfig
@@ -159,6 +160,10 @@ def load(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
         base_model = build_model(builtin["name"], **builtin.get("options", {}))
     if not isinstance(base_model, nn.Module):
         raise RanksearchError(f"base_model must be a torch.nn.Module, got {type(base_model).__name__}")
+    if base_signature(base_model) != payload["base_signature"]:  # saved from a study: attention unpacked
+        unpacked = unpack_attention(base_model)
+        if base_signature(unpacked) == payload["base_signature"]:
+            base_model = unpacked
     _check_base(path, base_model, payload["base_signature"])
     config = CompressionConfig.from_dict(payload["config"])
     shapes = payload["factor_shapes"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 import ranksearch as rs
+from ranksearch.attention import searchable_view
 from ranksearch.decompositions import available_methods, get_method
 from ranksearch.models import resnet20, small_cnn
 
@@ -33,9 +34,11 @@ class Zoo(nn.Module):
 def test_zoo_reasons():
     model = Zoo()
     layers, skipped = rs.compressible_layers(model), rs.skipped_layers(model)
-    assert set(layers) == {"conv", "pointwise", "head"}
+    assert set(layers) == {"conv", "pointwise", "grouped", "conv1d", "head"} | {
+        f"attention.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+    }
     for name, info in layers.items():  # every registered method is either offered or refused with its reason
-        module = model.get_submodule(name)
+        module = searchable_view(model).get_submodule(name)
         reasons = {m: get_method(m).unsupported_reason(module) for m in available_methods()}
         assert info.methods == tuple(m for m, reason in reasons.items() if reason is None)
         assert info.unsupported == {m: reason for m, reason in reasons.items() if reason is not None}
@@ -46,17 +49,20 @@ def test_zoo_reasons():
     assert {"svd", "tt"} <= set(layers["head"].methods) and "cp" not in layers["head"].methods
     builtin = {"cp": 1152 // 30, "svd": 16, "tt": (8, 24, 16), "tucker2": (16, 8), "tucker2_hooi": (16, 8)}
     assert {m: layers["conv"].max_ranks.get(m) for m in builtin} == builtin
+    grouped_methods = set(layers["grouped"].methods)  # factorized per group: 4 in, 4 out channels each
+    assert {"svd", "tucker2", "tucker2_hooi"} <= grouped_methods and not {"cp", "tt"} & grouped_methods
+    depthwise = (
+        "grouped convolution (groups=16, 1 input channel(s) per group): even rank 1 per group holds as many "
+        "weights as the dense kernel, nothing to gain"
+    )
+    grouped = "grouped convolution (groups=16) is not supported"
+    per_group = {"svd", "tucker2", "tucker2_hooi"}  # the methods that factorize per group
     assert skipped == {
-        "grouped": "grouped convolution (groups=4) is not supported",
-        "depthwise": "grouped convolution (groups=16) is not supported",
+        "depthwise": "; ".join(f"{m}: {depthwise if m in per_group else grouped}" for m in available_methods()),
         "transposed": "transposed convolution is not supported",
-        "conv1d": "Conv1d is not supported (Conv2d only)",
         "tied_a": "weight shared by several modules (tied_a.weight, tied_b.weight)",
         "tied_b": "weight shared by several modules (tied_a.weight, tied_b.weight)",
         "reused": "module registered under several names (reused, blocks.0)",
-        "attention.out_proj": (
-            "output projection of nn.MultiheadAttention (the weight is used directly, not the module)"
-        ),
         "lazy": "lazy module with uninitialized parameters: run a forward pass first",
     }
 

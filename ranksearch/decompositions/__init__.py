@@ -20,6 +20,7 @@ from ._base import (
     tensorly_torch,
     unregister,
 )
+from ._modules import is_hf_conv1d, is_linear_like
 from .tt import TTMatrixLinear
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "TTMatrixLinear",
     "available_methods",
     "get_method",
+    "is_hf_conv1d",
+    "is_linear_like",
     "relative_error",
     "tensorly_torch",
     "unregister",

@@ -36,6 +36,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ._modules import (  # noqa: F401  (the helpers are re-exported for methods written against _base)
+    bias_of,
+    bias_params,
+    chain_weight,
+    conv_unsupported_reason,
+    new_conv,
+    new_linear,
+    weight_of,
+)
 
 __all__ = [
     "Cost",
@@ -77,16 +86,47 @@ class Cost:
 
 
 class FactorizedLayer(nn.Sequential):
-    """The replacement of one Conv2d or Linear: a short chain of standard layers.
+    """The replacement of one Conv1d, Conv2d or Linear layer: a short chain of standard layers.
 
     It is an ordinary ``nn.Sequential`` (so it trains, scripts and exports to ONNX) that also
     remembers which method and rank made it, for cost tables and reports.
+
+    Code written for the dense layer may read its ``weight`` and ``bias`` (dtype and device probes,
+    torch's own fast paths): :attr:`weight` is the dense weight the chain equals and :attr:`bias` the
+    last layer's bias. Both are read-only properties, not parameters: the parameters, ``state_dict``
+    and the computation stay the factorized ones.
+
+    Args:
+        layers: the chain, applied in order.
+        method: the method's registered name.
+        rank: the rank it was built at.
+        weight_transposed: the dense layer stored its weight as ``(in, out)`` (Hugging Face's Conv1D),
+            so :attr:`weight` does too.
     """
 
-    def __init__(self, *layers: nn.Module, method: str, rank: Rank) -> None:
+    __jit_unused_properties__: ClassVar[list[str]] = ["weight", "bias"]  # TorchScript: forward never reads them
+
+    def __init__(self, *layers: nn.Module, method: str, rank: Rank, weight_transposed: bool = False) -> None:
         super().__init__(*layers)
         self.method = method
         self.rank = rank
+        self.weight_transposed = weight_transposed
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight this chain equals, in the replaced layer's shape, dtype and device.
+
+        Computed from the factors on every read (it costs one reconstruction: a few kernel compositions
+        or one pass of an identity matrix), detached and without gradient. Writing to it changes nothing.
+        """
+        with torch.no_grad():
+            weight = chain_weight(list(self))
+        return weight.T if getattr(self, "weight_transposed", False) else weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The last layer's bias (the replaced layer's, trained along with the factors), or None."""
+        return getattr(self[-1], "bias", None)
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, rank={self.rank!r}"
@@ -246,104 +286,6 @@ def check_rank_tuple(rank: object, max_ranks: Sequence[int], what: str = "rank")
     if not isinstance(rank, (tuple, list)) or len(rank) != n:
         raise ConfigError(f"{what} must be an int or a sequence of {n} ints, got {rank!r}")
     return tuple(check_int_rank(r, m, f"{what}[{i}]") for i, (r, m) in enumerate(zip(rank, max_ranks, strict=True)))
-
-
-def batch_and_hw(input_shape: Sequence[int]) -> tuple[int, tuple[int, int]]:
-    """Split an ``(N, C, H, W)`` (or unbatched ``(C, H, W)``) input shape into N and (H, W)."""
-    shape = tuple(input_shape)
-    if len(shape) == 3:
-        shape = (1, *shape)
-    if len(shape) != 4:
-        raise ConfigError(f"a Conv2d input shape must be (N, C, H, W), got {tuple(input_shape)}")
-    return shape[0], (shape[2], shape[3])
-
-
-def weight_of(module: nn.Module) -> torch.Tensor:
-    """The layer's weight, detached, in a dtype that decompositions are accurate in.
-
-    Half-precision weights are factorized in float32 and the factors cast back in :func:`new_conv`.
-    """
-    weight = module.weight.detach()
-    if weight.dtype in (torch.float16, torch.bfloat16):
-        weight = weight.float()
-    return weight
-
-
-def new_conv(
-    reference: nn.Conv2d,
-    weight: torch.Tensor,
-    *,
-    stride: tuple[int, int] = (1, 1),
-    padding: str | tuple[int, int] = (0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    groups: int = 1,
-    bias: torch.Tensor | None = None,
-    spatial: bool = False,
-) -> nn.Conv2d:
-    """A Conv2d holding a copy of ``weight`` (shape ``(out, in / groups, kh, kw)``).
-
-    Device and dtype come from ``reference``. ``spatial=True`` marks a layer that sees the
-    reference's padding, so it also takes the reference's padding mode; 1x1 layers never pad.
-    """
-    out_channels, in_per_group, kh, kw = weight.shape
-    conv = nn.Conv2d(
-        in_per_group * groups,
-        out_channels,
-        (kh, kw),
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        bias=bias is not None,
-        padding_mode=reference.padding_mode if spatial else "zeros",
-        device=reference.weight.device,
-        dtype=reference.weight.dtype,
-    )
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        if bias is not None:
-            conv.bias.copy_(bias)
-    return conv
-
-
-def new_linear(reference: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
-    """A Linear holding a copy of ``weight`` (shape ``(out, in)``), on the reference's device/dtype."""
-    out_features, in_features = weight.shape
-    linear = nn.Linear(
-        in_features,
-        out_features,
-        bias=bias is not None,
-        device=reference.weight.device,
-        dtype=reference.weight.dtype,
-    )
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if bias is not None:
-            linear.bias.copy_(bias)
-    return linear
-
-
-def bias_of(module: nn.Module) -> torch.Tensor | None:
-    """The layer's bias, detached, or None."""
-    return None if module.bias is None else module.bias.detach()
-
-
-def bias_params(module: nn.Module) -> int:
-    """Number of bias parameters the replacement keeps (the original's, unchanged)."""
-    return 0 if module.bias is None else module.bias.numel()
-
-
-def conv_unsupported_reason(module: nn.Module, *, needs_spatial_kernel: bool) -> str | None:
-    """The reasons shared by every Conv2d method: only ungrouped 2-D convolutions are handled."""
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return "transposed convolution is not supported"
-    if not isinstance(module, nn.Conv2d):
-        return f"{type(module).__name__} is not supported (Conv2d only)"
-    if module.groups != 1:
-        return f"grouped convolution (groups={module.groups}) is not supported"
-    if needs_spatial_kernel and module.kernel_size == (1, 1):
-        return "1x1 kernel: nothing to factorize spatially (use svd)"
-    return None
 
 
 def random_float64(seed: int) -> Callable[..., torch.Tensor]:

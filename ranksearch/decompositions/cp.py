@@ -2,12 +2,13 @@
 
 ``W[o, i, h, w] ~= sum_r A_out[o, r] A_in[i, r] A_h[h, r] A_w[w, r]`` becomes
 ``1x1 (I -> R)``, a ``kh x 1`` depthwise conv, a ``1 x kw`` depthwise conv (each carrying its axis's
-stride, padding and dilation), and ``1x1 (R -> O)`` with the bias. Padding of every mode
+stride, padding and dilation), and ``1x1 (R -> O)`` with the bias. A Conv1d ``(O, I, k)`` has one
+depthwise ``k`` conv. Grouped convolutions are not supported. Padding of every mode
 (zeros, reflect, replicate, circular) and ``'same'`` are separable per axis, so the chain is exact.
 
 CP is not nested: each rank is a fit (CP-ALS from an SVD init, :mod:`._cp_als`) that the factor
-cache memoizes. The component weights are spread evenly over the four factors so that they start at
-the same scale for fine-tuning.
+cache memoizes. The component weights are spread evenly over the factors (four; three for a Conv1d)
+so that they start at the same scale for fine-tuning.
 """
 
 from __future__ import annotations
@@ -17,28 +18,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._base import (
-    Cost,
-    Decomposition,
-    FactorizedLayer,
-    Factors,
-    Rank,
-    batch_and_hw,
-    bias_of,
-    bias_params,
-    conv_unsupported_reason,
-    new_conv,
-    random_float64,
-    weight_of,
-)
+from ._base import Cost, Decomposition, FactorizedLayer, Factors, Rank, random_float64
 from ._cp_als import cp_als
-from ._geometry import axis_output_size, conv2d_macs, separable_paddings, spatial_dims
+from ._geometry import axis_output_size, axis_paddings, conv_macs, one_axis, spatial_dims
+from ._modules import batch_and_spatial, bias_of, bias_params, conv_unsupported_reason, new_conv, weight_of
 
 __all__ = ["CP"]
 
+_LETTERS = "hw"
+
 
 class CP(Decomposition, name="cp"):
-    """Rank-``R`` CP of the 4-way kernel, fitted by ALS.
+    """Rank-``R`` CP of the 3-way (Conv1d) or 4-way (Conv2d) kernel, fitted by ALS.
 
     Args:
         tol: relative-improvement stopping rule of the ALS.
@@ -71,40 +62,34 @@ class CP(Decomposition, name="cp"):
         weight = weight_of(module)
         compute = weight if weight.dtype == torch.float64 else weight.float()
         result = cp_als(compute, rank, tol=self.tol, max_iter=self.max_iter, seed=self.seed)
-        scale = result.weights.pow(1 / 4)  # (R,), weights are column norms (>= 0)
-        return tuple(f * scale for f in result.factors)  # (O, R), (I, R), (kh, R), (kw, R)
+        scale = result.weights.pow(1 / weight.dim())  # (R,), weights are column norms (>= 0)
+        return tuple(f * scale for f in result.factors)  # (O, R), (I, R), then (k_axis, R) per spatial axis
 
     def reconstruct(self, module: nn.Module, factors: Factors) -> torch.Tensor:
-        a_out, a_in, a_h, a_w = factors
-        return torch.einsum("or,ir,hr,wr->oihw", a_out, a_in, a_h, a_w)
+        axes = _LETTERS[: len(factors) - 2]
+        spec = ",".join(f"{m}r" for m in f"oi{axes}") + f"->oi{axes}"
+        return torch.einsum(spec, *factors)
 
     def build(self, module: nn.Module, factors: Factors) -> FactorizedLayer:
-        a_out, a_in, a_h, a_w = factors
-        rank = a_out.shape[1]
-        (_, sh, _, dh), (_, sw, _, dw) = spatial_dims(module)
-        pad_h, pad_w = separable_paddings(module)
-        layers = (
-            new_conv(module, a_in.T[:, :, None, None]),  # (R, I, 1, 1)
-            new_conv(
-                module,
-                a_h.T[:, None, :, None],
-                stride=(sh, 1),
-                padding=pad_h,
-                dilation=(dh, 1),
-                groups=rank,
-                spatial=True,
-            ),  # (R, 1, kh, 1)
-            new_conv(
-                module,
-                a_w.T[:, None, None, :],
-                stride=(1, sw),
-                padding=pad_w,
-                dilation=(1, dw),
-                groups=rank,
-                spatial=True,
-            ),  # (R, 1, 1, kw)
-            new_conv(module, a_out[:, :, None, None], bias=bias_of(module)),  # (O, R, 1, 1)
-        )
+        a_out, a_in, *a_axes = factors
+        rank, nd = a_out.shape[1], len(a_axes)
+        ones = (1,) * nd
+        layers = [new_conv(module, a_in.T.reshape(rank, -1, *ones))]  # (R, I, 1...)
+        paddings = axis_paddings(module)
+        for axis, a_k in enumerate(a_axes):  # a depthwise conv along each spatial axis: (R, 1, 1..k..1)
+            kernel = one_axis(module.kernel_size, axis)
+            layers.append(
+                new_conv(
+                    module,
+                    a_k.T.reshape(rank, 1, *kernel),
+                    stride=one_axis(module.stride, axis),
+                    padding=paddings[axis],
+                    dilation=one_axis(module.dilation, axis),
+                    groups=rank,
+                    spatial=True,
+                )
+            )
+        layers.append(new_conv(module, a_out.reshape(-1, rank, *ones), bias=bias_of(module)))  # (O, R, 1...)
         return FactorizedLayer(*layers, method=self.name, rank=rank)
 
     def exact_low_rank_example(self, module: nn.Module, seed: int = 0) -> tuple[torch.Tensor, Rank]:
@@ -114,15 +99,12 @@ class CP(Decomposition, name="cp"):
         return self.reconstruct(module, tuple(rand(n, rank) for n in module.weight.shape)), rank
 
     def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
-        out_channels, in_channels, kh, kw = module.weight.shape
-        batch, (h, w) = batch_and_hw(input_shape)
-        axis_h, axis_w = spatial_dims(module)
-        h_out, w_out = axis_output_size(h, axis_h), axis_output_size(w, axis_w)
-        macs = (
-            conv2d_macs(batch, (h, w), in_channels, rank, 1)
-            + conv2d_macs(batch, (h_out, w), rank, rank, kh, groups=rank)
-            + conv2d_macs(batch, (h_out, w_out), rank, rank, kw, groups=rank)
-            + conv2d_macs(batch, (h_out, w_out), rank, out_channels, 1)
-        )
-        params = rank * (in_channels + kh + kw + out_channels) + bias_params(module)
+        out_channels, in_channels = module.weight.shape[:2]
+        batch, size = batch_and_spatial(input_shape, len(module.kernel_size))
+        macs = conv_macs(batch, size, in_channels, rank, 1)
+        for axis, geometry in enumerate(spatial_dims(module)):  # each axis shrinks once its conv has run
+            size = (*size[:axis], axis_output_size(size[axis], geometry), *size[axis + 1 :])
+            macs += conv_macs(batch, size, rank, rank, geometry[0], groups=rank)
+        macs += conv_macs(batch, size, rank, out_channels, 1)
+        params = rank * sum(module.weight.shape) + bias_params(module)
         return Cost(macs, params)

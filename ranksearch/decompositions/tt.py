@@ -2,10 +2,12 @@
 
 Conv2d: the kernel in order ``(I, kh, kw, O)`` with TT ranks ``(r1, r2, r3)`` becomes ``1x1 (I -> r1)``,
 ``kh x 1 (r1 -> r2)``, ``1 x kw (r2 -> r3)`` (each carrying its axis's stride, padding and dilation)
-and ``1x1 (r3 -> O)`` with the bias.
+and ``1x1 (r3 -> O)`` with the bias. Conv1d: ``(I, k, O)`` with ranks ``(r1, r2)``, one ``k`` conv.
+Grouped convolutions are not supported.
 
-Linear: a TT-matrix (Novikov et al., 2015). ``I`` and ``O`` are each factored into three balanced
-integer factors ``i_k``, ``o_k``; the weight, reshaped to modes ``(i_k * o_k)``, gets TT ranks
+Linear (also Hugging Face's Conv1D, whose weight is transposed first): a TT-matrix (Novikov et al.,
+2015). ``I`` and ``O`` are each factored into three balanced integer factors ``i_k``, ``o_k``; the
+weight, reshaped to modes ``(i_k * o_k)``, gets TT ranks
 ``(r1, r2)``. No chain of standard layers computes a TT-matrix product (each core needs a reshape and
 a transpose), so the Linear form is a small module, :class:`TTMatrixLinear`, whose forward is three
 matmuls and reshapes: it trains and exports to ONNX like any module.
@@ -30,17 +32,24 @@ from ._base import (
     FactorizedLayer,
     Factors,
     Rank,
-    batch_and_hw,
-    bias_of,
-    bias_params,
     check_rank_tuple,
-    conv_unsupported_reason,
-    new_conv,
     random_float64,
     tensorly_torch,
+)
+from ._geometry import axis_output_size, axis_paddings, conv_macs, one_axis, spatial_dims
+from ._modules import (
+    batch_and_spatial,
+    bias_of,
+    bias_params,
+    conv_unsupported_reason,
+    is_hf_conv1d,
+    is_linear_like,
+    linear_dims,
+    matrix_of,
+    new_conv,
+    to_layout,
     weight_of,
 )
-from ._geometry import axis_output_size, conv2d_macs, separable_paddings, spatial_dims
 
 __all__ = ["TT", "TTMatrixLinear", "balanced_factors"]
 
@@ -81,8 +90,9 @@ def _effective_ranks(ranks: Sequence[int], mode_sizes: Sequence[int]) -> tuple[i
     return tuple(bonds[1:-1])
 
 
-def _linear_modes(module: nn.Linear) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return balanced_factors(module.in_features, LINEAR_CORES), balanced_factors(module.out_features, LINEAR_CORES)
+def _linear_modes(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    out_features, in_features = linear_dims(module)
+    return balanced_factors(in_features, LINEAR_CORES), balanced_factors(out_features, LINEAR_CORES)
 
 
 def _tt_svd(tensor: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
@@ -137,19 +147,19 @@ def _tt_matrix_macs(in_modes: Sequence[int], out_modes: Sequence[int], ranks: Se
 
 
 class TT(Decomposition, name="tt"):
-    """TT-SVD: ranks ``(r1, r2, r3)`` for a Conv2d, ``(r1, r2)`` for a Linear."""
+    """TT-SVD: ranks ``(r1, r2, r3)`` for a Conv2d, ``(r1, r2)`` for a Conv1d or a Linear."""
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
-        if isinstance(module, nn.Linear):
+        if is_linear_like(module):
             return None
         return conv_unsupported_reason(module, needs_spatial_kernel=True)
 
     def _mode_sizes(self, module: nn.Module) -> list[int]:
-        if isinstance(module, nn.Linear):
+        if is_linear_like(module):
             in_modes, out_modes = _linear_modes(module)
             return [i * o for i, o in zip(in_modes, out_modes, strict=True)]
-        out_channels, in_channels, kh, kw = module.weight.shape
-        return [in_channels, kh, kw, out_channels]
+        out_channels, in_channels, *kernel = module.weight.shape
+        return [in_channels, *kernel, out_channels]
 
     def max_rank(self, module: nn.Module) -> tuple[int, ...]:
         return _bond_caps(self._mode_sizes(module))
@@ -162,56 +172,61 @@ class TT(Decomposition, name="tt"):
         return _effective_ranks(check_rank_tuple(rank, _bond_caps(sizes), "ranks"), sizes)
 
     def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> Factors:
-        weight = weight_of(module)
-        if isinstance(module, nn.Linear):
+        if is_linear_like(module):
             in_modes, out_modes = _linear_modes(module)
             d = len(in_modes)
-            tensor = weight.reshape(*out_modes, *in_modes)  # (o_1..o_d, i_1..i_d)
+            tensor = matrix_of(module).reshape(*out_modes, *in_modes)  # (o_1..o_d, i_1..i_d)
             tensor = tensor.permute(*(p for k in range(d) for p in (d + k, k)))  # (i_1, o_1, ..., i_d, o_d)
             tensor = tensor.reshape([i * o for i, o in zip(in_modes, out_modes, strict=True)])
             cores = _tt_svd(tensor, rank)  # (r_{k-1}, i_k*o_k, r_k)
             return tuple(
                 c.reshape(c.shape[0], i, o, c.shape[2]) for c, i, o in zip(cores, in_modes, out_modes, strict=True)
             )
-        return tuple(_tt_svd(weight.permute(1, 2, 3, 0), rank))  # (1,I,r1), (r1,kh,r2), (r2,kw,r3), (r3,O,1)
+        weight = weight_of(module)
+        order = (*range(1, weight.dim()), 0)
+        return tuple(_tt_svd(weight.permute(order), rank))  # (1, I, r1), (r_a, k_a, r_a+1) per axis, (r, O, 1)
 
     def reconstruct(self, module: nn.Module, factors: Factors) -> torch.Tensor:
-        if isinstance(module, nn.Linear):
+        if is_linear_like(module):
             d = len(factors)
             full = factors[0]
             for core in factors[1:]:
                 full = torch.tensordot(full, core, dims=([full.ndim - 1], [0]))
             full = full.reshape(*full.shape[1:-1])  # (i_1, o_1, ..., i_d, o_d)
             full = full.permute(*range(1, 2 * d, 2), *range(0, 2 * d, 2))  # (o_1..o_d, i_1..i_d)
-            return full.reshape(module.weight.shape)
-        g1, g2, g3, g4 = factors
-        return torch.einsum("ia,ahb,bwc,co->oihw", g1[0], g2, g3, g4[:, :, 0])
+            out_features, in_features = linear_dims(module)
+            return to_layout(module, full.reshape(out_features, in_features))
+        full = factors[0][0]  # (I, r1)
+        for core in factors[1:-1]:
+            full = torch.tensordot(full, core, dims=([full.ndim - 1], [0]))  # (I, k_1, .., r)
+        full = torch.tensordot(full, factors[-1][:, :, 0], dims=([full.ndim - 1], [0]))  # (I, *k, O)
+        return full.permute(full.ndim - 1, *range(full.ndim - 1))  # (O, I, *k)
 
     def build(self, module: nn.Module, factors: Factors) -> FactorizedLayer:
         rank = tuple(core.shape[-1] for core in factors[:-1])
-        if isinstance(module, nn.Linear):
+        if is_linear_like(module):
             dtype, device = module.weight.dtype, module.weight.device
             cores = [core.to(device=device, dtype=dtype) for core in factors]
-            bias = bias_of(module)
-            return FactorizedLayer(TTMatrixLinear(cores, bias), method=self.name, rank=rank)
-        g1, g2, g3, g4 = factors
-        (_, sh, _, dh), (_, sw, _, dw) = spatial_dims(module)
-        pad_h, pad_w = separable_paddings(module)
-        layers = (
-            new_conv(module, g1[0].T[:, :, None, None]),  # (r1, I, 1, 1)
-            new_conv(
-                module, g2.permute(2, 0, 1)[..., None], stride=(sh, 1), padding=pad_h, dilation=(dh, 1), spatial=True
-            ),  # (r2, r1, kh, 1)
-            new_conv(
-                module,
-                g3.permute(2, 0, 1)[:, :, None, :],
-                stride=(1, sw),
-                padding=pad_w,
-                dilation=(1, dw),
-                spatial=True,
-            ),  # (r3, r2, 1, kw)
-            new_conv(module, g4[:, :, 0].T[:, :, None, None], bias=bias_of(module)),  # (O, r3, 1, 1)
-        )
+            layer = TTMatrixLinear(cores, bias_of(module))
+            return FactorizedLayer(layer, method=self.name, rank=rank, weight_transposed=is_hf_conv1d(module))
+        first, *middle, last = factors
+        ones = (1,) * len(middle)
+        layers = [new_conv(module, first[0].T.reshape(-1, first.shape[1], *ones))]  # (r1, I, 1...)
+        paddings = axis_paddings(module)
+        for axis, core in enumerate(middle):  # (r_a+1, r_a, 1..k..1): a conv along one spatial axis
+            r_in, _, r_out = core.shape
+            layers.append(
+                new_conv(
+                    module,
+                    core.permute(2, 0, 1).reshape(r_out, r_in, *one_axis(module.kernel_size, axis)),
+                    stride=one_axis(module.stride, axis),
+                    padding=paddings[axis],
+                    dilation=one_axis(module.dilation, axis),
+                    spatial=True,
+                )
+            )
+        out = last[:, :, 0].T  # (O, r)
+        layers.append(new_conv(module, out.reshape(*out.shape, *ones), bias=bias_of(module)))  # (O, r, 1...)
         return FactorizedLayer(*layers, method=self.name, rank=rank)
 
     def exact_low_rank_example(self, module: nn.Module, seed: int = 0) -> tuple[torch.Tensor, Rank]:
@@ -219,35 +234,31 @@ class TT(Decomposition, name="tt"):
         rand = random_float64(seed)
         rank = self.canonical_rank(module, min(2, max(self.max_rank(module))))
         bonds = (1, *rank, 1)
-        if isinstance(module, nn.Linear):
+        if is_linear_like(module):
             in_modes, out_modes = _linear_modes(module)
             cores = tuple(
                 rand(bonds[k], i, o, bonds[k + 1]) for k, (i, o) in enumerate(zip(in_modes, out_modes, strict=True))
             )
         else:
-            out_channels, in_channels, kh, kw = module.weight.shape
-            cores = tuple(rand(bonds[k], n, bonds[k + 1]) for k, n in enumerate((in_channels, kh, kw, out_channels)))
+            cores = tuple(rand(bonds[k], n, bonds[k + 1]) for k, n in enumerate(self._mode_sizes(module)))
         return self.reconstruct(module, cores), rank
 
     def cost(self, module: nn.Module, rank: Rank, input_shape: Sequence[int]) -> Cost:
-        if isinstance(module, nn.Linear):
+        if is_linear_like(module):
             in_modes, out_modes = _linear_modes(module)
             bonds = (1, *rank, 1)
             params = sum(
                 bonds[k] * i * o * bonds[k + 1] for k, (i, o) in enumerate(zip(in_modes, out_modes, strict=True))
             )
-            rows = prod(input_shape) // module.in_features
+            rows = prod(input_shape) // linear_dims(module)[1]
             return Cost(rows * _tt_matrix_macs(in_modes, out_modes, rank), params + bias_params(module))
-        r1, r2, r3 = rank
-        out_channels, in_channels, kh, kw = module.weight.shape
-        batch, (h, w) = batch_and_hw(input_shape)
-        axis_h, axis_w = spatial_dims(module)
-        h_out, w_out = axis_output_size(h, axis_h), axis_output_size(w, axis_w)
-        macs = (
-            conv2d_macs(batch, (h, w), in_channels, r1, 1)
-            + conv2d_macs(batch, (h_out, w), r1, r2, kh)
-            + conv2d_macs(batch, (h_out, w_out), r2, r3, kw)
-            + conv2d_macs(batch, (h_out, w_out), r3, out_channels, 1)
-        )
-        params = in_channels * r1 + r1 * r2 * kh + r2 * r3 * kw + r3 * out_channels + bias_params(module)
+        sizes = self._mode_sizes(module)
+        bonds = (1, *rank, 1)
+        batch, size = batch_and_spatial(input_shape, len(module.kernel_size))
+        macs = conv_macs(batch, size, sizes[0], rank[0], 1)
+        for axis, geometry in enumerate(spatial_dims(module)):  # each axis shrinks once its conv has run
+            size = (*size[:axis], axis_output_size(size[axis], geometry), *size[axis + 1 :])
+            macs += conv_macs(batch, size, rank[axis], rank[axis + 1], geometry[0])
+        macs += conv_macs(batch, size, rank[-1], sizes[-1], 1)
+        params = sum(bonds[k] * n * bonds[k + 1] for k, n in enumerate(sizes)) + bias_params(module)
         return Cost(macs, params)

@@ -4,6 +4,7 @@ Truncating one HOSVD (``tucker2``) is nested and nearly optimal; higher-order or
 (tensorly's ``partial_tucker``, started from that HOSVD) alternates the two factor matrices until the
 fit stops improving, which lowers the error a little more (1-4% relative on random kernels) at the
 price of one fit per rank. Use it to refine the finalists of a search, or as a method of its own.
+Grouped convs are fitted group by group.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from tensorly.decomposition import partial_tucker
 from torch import nn
 
-from ._base import Factors, Rank, tensorly_torch, weight_of
-from .tucker2 import Tucker2
+from ._base import Factors, Rank, tensorly_torch
+from .tucker2 import Tucker2, group_weights, stack_groups
 
 __all__ = ["Tucker2HOOI"]
 
@@ -38,8 +39,11 @@ class Tucker2HOOI(Tucker2, name="tucker2_hooi"):
         return None
 
     def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> Factors:
+        per_group = []
         with tensorly_torch():
-            (core, (u_out, u_in)), _ = partial_tucker(
-                weight_of(module), rank=list(rank), modes=[0, 1], n_iter_max=self.n_iter_max, init="svd", tol=self.tol
-            )
-        return core, u_out, u_in  # (r_out, r_in, kh, kw), (O, r_out), (I, r_in)
+            for weight in group_weights(module):
+                (core, (u_out, u_in)), _ = partial_tucker(
+                    weight, rank=list(rank), modes=[0, 1], n_iter_max=self.n_iter_max, init="svd", tol=self.tol
+                )
+                per_group.append((core, u_out, u_in))  # (r_out, r_in, *k), (O, r_out), (I, r_in)
+        return stack_groups(module, per_group)

@@ -37,6 +37,7 @@ from numbers import Integral
 
 from torch import nn
 
+from ..attention import searchable_view
 from ..cache import FactorCache
 from ..config import DENSE, CompressionConfig
 from ..costs import count
@@ -165,6 +166,7 @@ def error_balanced_allocation(
         RanksearchError: the budget is below the smallest achievable fraction (the message says which).
     """
     decomposition, shape = _check_arguments(budget, cost, method, grid, input_shape)
+    model = searchable_view(model)  # attention projections are layers
     names = select_layers(model, decomposition.name, layers)
     check_finite_weights(model, names)
     dense_total = getattr(count(model, shape), cost)

@@ -16,6 +16,7 @@ from numbers import Real
 import torch
 from torch import nn
 
+from ..attention import searchable_view
 from ..config import CompressionConfig
 from ..decompositions import Rank, get_method
 from ..errors import ConfigError
@@ -115,6 +116,7 @@ def spectral_config(
     """A config whose every rank component is ``rank_of(matrix)`` (raised to 1) over :func:`layer_matrices`."""
     check_spectral_method(method)
     decomposition = get_method(method)
+    model = searchable_view(model)  # attention projections are layers
     names = select_layers(model, method, layers)
     check_finite_weights(model, names)
     entries: dict[str, tuple[str, Rank]] = {}

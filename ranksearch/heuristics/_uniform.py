@@ -11,11 +11,13 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+from ..attention import searchable_view
 from ..config import CompressionConfig
 from ..costs import count
 from ..decompositions import get_method
 from ..errors import RanksearchError
 from ..latency import layer_inputs
+from ..tracing import is_shape
 from ._layers import select_layers
 
 __all__ = ["uniform_config"]
@@ -53,6 +55,7 @@ def uniform_config(
     get_method(method)  # a clear error for an unknown method
     if (fraction is None) == (cost_fraction is None):
         raise RanksearchError("give exactly one of fraction (kept rank) or cost_fraction (of the dense cost)")
+    model = searchable_view(model)  # attention projections are layers
     names = select_layers(model, method, layers)
     modules = {name: model.get_submodule(name) for name in names}
     if fraction is not None:
@@ -77,7 +80,7 @@ def _for_cost(
     if input_shape is None:
         raise RanksearchError("a cost target needs the model's input_shape, e.g. (1, 3, 32, 32)")
     dense = count(model, input_shape)
-    inputs = layer_inputs(model, tuple(input_shape))
+    inputs = layer_inputs(model, tuple(input_shape) if is_shape(input_shape) else input_shape)
     dense_total = dense.macs if cost == "macs" else dense.params
     own = {n: getattr(count(nn.Sequential(m), inputs[n]), cost) for n, m in modules.items()}  # dense layers
     rest = dense_total - sum(own.values())  # everything the config leaves alone
