@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .study import RankSearch
 
 _WHERE = {
+    "BatchAdapter": "adapters",
+    "UnpackedMultiheadAttention": "attention",
+    "unpack_attention": "attention",
     "apply": "compress",
     "FactorCache": "cache",
     "CompressionConfig": "config",

@@ -1,7 +1,8 @@
-"""Exact MAC and parameter counts of a model for one input shape, per layer and in total.
+"""Exact MAC and parameter counts of a model for one input shape (or example input), per layer and in total.
 
 What is counted: MACs (multiply-accumulates; one multiply-add = 1 MAC, FLOPs = 2 x MACs) of every
-convolution and Linear module call, and of modules that declare their own count with a
+convolution and Linear module call, of Hugging Face's ``Conv1D`` (GPT-2's projections, a Linear with its
+weight stored transposed), and of modules that declare their own count with a
 ``count_macs(input_shape)`` method (ranksearch's ``TTMatrixLinear``). Bias additions, normalization,
 activations, pooling and functional ops (e.g. attention's matmuls) are not counted: they are the same
 in the dense and the compressed model. This equals ``FlopCounterMode``'s count / 2 on conv/linear
@@ -18,8 +19,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .adapters import describe
 from .decompositions import FactorizedLayer
-from .tracing import ModuleCall, trace_calls
+from .tracing import InputShape, ModuleCall, is_shape, trace_calls
 
 __all__ = ["CostReport", "compare", "count"]
 
@@ -36,7 +38,22 @@ def module_macs(module: nn.Module, input_shape: Sequence[int], output_shape: Seq
         return prod(output_shape) * (module.in_channels // module.groups) * prod(module.kernel_size)
     if isinstance(module, nn.Linear):
         return prod(input_shape) * module.out_features
+    if _is_hf_conv1d(module):  # weight (nx, nf): rows x nx x nf
+        nx, nf = module.weight.shape
+        return prod(input_shape[:-1]) * nx * nf
     return 0
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``transformers.pytorch_utils.Conv1D`` (duck-typed: transformers is not a dependency)."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and isinstance(weight, torch.Tensor)
+        and weight.ndim == 2
+        and weight.shape[1] == module.nf
+    )
 
 
 @dataclass(frozen=True)
@@ -48,13 +65,14 @@ class CostReport:
         params: number of unique parameters.
         table: one row per dense layer or factorized layer (columns ``layer, type, method, rank,
             input_shape, output_shape, macs, params``), in call order.
-        input_shape: the input shape the MACs are counted for (batch included).
+        input_shape: the input shape the MACs are counted for (batch included); for an example input, its
+            shapes (:func:`ranksearch.adapters.describe`: a list for a tuple, a dict for a dict).
     """
 
     macs: int
     params: int
     table: pd.DataFrame
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | list | dict
 
     @property
     def flops(self) -> int:
@@ -75,18 +93,25 @@ def _unit_of(name: str, factorized: Sequence[str]) -> str:
     return name
 
 
-def count(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dtype | None = None) -> CostReport:
+def count(model: nn.Module, input_shape: InputShape, *, dtype: torch.dtype | None = None) -> CostReport:
     """Count MACs and parameters of ``model`` on a zero input of ``input_shape`` (batch included).
 
+    ``input_shape`` may also be an example input, for models not called with one tensor: a tuple or list
+    of tensors (``model(*inputs)``) or a dict of tensors (``model(**inputs)``, e.g. a Hugging Face
+    model's ``input_ids`` and ``attention_mask``), e.g. the first validation batch cut to one sample.
+
     Runs one forward pass under ``torch.no_grad()`` with the model in eval mode (its train/eval
-    state is restored), on the device and dtype of its first parameter unless ``dtype`` is given.
+    state is restored), on the device and dtype of its first parameter unless ``dtype`` is given
+    (see :func:`~ranksearch.tracing.trace_calls`).
     """
-    shape = tuple(int(s) for s in input_shape)
+    given_shape = is_shape(input_shape)
+    shape = tuple(int(s) for s in input_shape) if given_shape else input_shape
     leaves = [name for name, m in model.named_modules() if not list(m.children()) or hasattr(m, "count_macs")]
     calls = trace_calls(model, shape, leaves, dtype=dtype)
     table = _layer_table(model, calls)
     params = sum(p.numel() for p in model.parameters())
-    return CostReport(macs=int(table["macs"].sum()), params=params, table=table, input_shape=shape)
+    described = shape if given_shape else describe(input_shape)
+    return CostReport(macs=int(table["macs"].sum()), params=params, table=table, input_shape=described)
 
 
 def _layer_table(model: nn.Module, calls: Sequence[ModuleCall]) -> pd.DataFrame:

@@ -6,12 +6,15 @@ a few training batches, measure again, fine-tune briefly (a fixed number of SGD 
 decay) unless the recalibrated accuracy is below a floor, and measure once more. All measurements use
 a fixed validation subset and fixed training batches drawn once, so trials are comparable and
 deterministic for a seed.
+
+Batches and outputs are read through a :class:`~ranksearch.adapters.BatchAdapter` (tensor pairs, dicts of
+Hugging Face inputs, ``ModelOutput``s...). Without labels the quality is the fidelity to the dense model
+(:mod:`ranksearch.fidelity`) and the fine-tune distills the dense model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,105 +24,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._evaluator_settings import AMP_DTYPES, EvaluatorSettings
 from ._fixed_data import check_model_on_data, take_batches
+from .adapters import BatchAdapter, batch_size, call_model, describe, first_samples
+from .attention import unpack_attention
 from .cache import FactorCache
 from .compress import apply_resolved
 from .config import CompressionConfig, ResolvedLayer
 from .costs import count
 from .errors import RanksearchError
+from .fidelity import agreement, distillation_loss, reference, resolve_kind
 from .latency import LatencyEstimator, LatencySettings, LatencyTable
 from .record import Measurements, trial_attributes
+from .usercode import load_callable
 
 __all__ = ["DenseMeasurement", "Evaluation", "Evaluator", "EvaluatorSettings"]
 
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
-
-
-@dataclass(frozen=True)
-class EvaluatorSettings:
-    """How each trial is fine-tuned and measured.
-
-    Attributes:
-        finetune_steps: SGD steps of the brief fine-tune (0 = measure without fine-tuning).
-        lr: peak learning rate of the fine-tune (cosine decay to 0 over the steps).
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
-        eval_batches: validation batches to evaluate on (None = the whole validation loader).
-        bn_batches: training batches for BatchNorm recalibration (0 = no recalibration).
-        accuracy_floor: skip the fine-tune when the recalibrated accuracy is below this (0 = never).
-        device: torch device for fine-tune and evaluation, e.g. "cpu" or "cuda".
-        threads: CPU threads for torch (``torch.set_num_threads``, process-wide); None keeps torch's
-            default. On a busy machine fewer threads than cores avoids oversubscription.
-        seed: seeds the fine-tune (the same seed gives the same metrics on CPU).
-        amp: mixed precision for fine-tune and evaluation on CUDA: ``"bfloat16"`` or ``"float16"``
-            (autocast; float16 with loss scaling); None runs in float32.
-        distill: weight in [0, 1] of distillation from the dense model in the fine-tune loss:
-            ``(1 - distill) * loss(logits, targets) + distill * T^2 * KL(dense || compressed)`` at
-            temperature ``distill_temperature`` (Hinton et al. 2015); 0 = labels only.
-        distill_temperature: softmax temperature of the distillation term (> 0).
-    """
-
-    finetune_steps: int = 30
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    eval_batches: int | None = None
-    bn_batches: int = 10
-    accuracy_floor: float = 0.0
-    device: str = "cpu"
-    threads: int | None = None
-    seed: int = 0
-    amp: str | None = None
-    distill: float = 0.0
-    distill_temperature: float = 4.0
-
-    def __post_init__(self) -> None:
-        for name in ("finetune_steps", "bn_batches", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise RanksearchError(f"evaluator setting {name} must be an int >= 0, got {value!r}")
-        for name in ("eval_batches", "threads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise RanksearchError(f"evaluator setting {name} must be an int >= 1 or None, got {value!r}")
-        for name in ("lr", "momentum", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-                raise RanksearchError(f"evaluator setting {name} must be a finite number >= 0, got {value!r}")
-        for name in ("accuracy_floor", "distill"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise RanksearchError(f"evaluator setting {name} must be a number in [0, 1], got {value!r}")
-        t = self.distill_temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
-            raise RanksearchError(f"evaluator setting distill_temperature must be a finite number > 0, got {t!r}")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise RanksearchError(f"evaluator setting device {self.device!r} is not a torch device") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RanksearchError(f"device {self.device!r} requested but CUDA is not available on this machine")
-        if self.amp is not None:
-            if self.amp not in AMP_DTYPES:
-                raise RanksearchError(
-                    f"evaluator setting amp must be one of {', '.join(AMP_DTYPES)} or None, got {self.amp!r}"
-                )
-            if device.type != "cuda":
-                raise RanksearchError(
-                    f"evaluator setting amp={self.amp!r} needs a CUDA device (device is {self.device!r})"
-                )
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class DenseMeasurement:
-    """The uncompressed model measured once: accuracy on the validation subset, MACs and params, and its
-    latency in seconds when latency is measured (batch, device and dtype as the latency settings say)."""
+    """The uncompressed model measured once: accuracy on the validation subset (NaN when the batches carry
+    no labels), MACs and params, and its latency in seconds when latency is measured (batch, device and
+    dtype as the latency settings say). ``input_shape`` is the input the MACs are counted for: a shape
+    for a model called with one tensor, else the shapes of its example input
+    (:func:`ranksearch.adapters.describe`, e.g. ``{"input_ids": (1, 16), "attention_mask": (1, 16)}``);
+    the example itself is :attr:`Evaluator.example_input`."""
 
     accuracy: float
     macs: int
     params: int
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | list | dict
     latency_seconds: float | None = None
 
 
@@ -146,14 +83,20 @@ class Evaluator:
 
     Args:
         model: the trained model; a private copy is kept on the settings' device.
-        train_loader: yields ``(inputs, targets)``; its first batches are used for BatchNorm
-            recalibration and fine-tuning.
-        val_loader: yields ``(inputs, targets)``; the first ``eval_batches`` are the evaluation set.
+        train_loader: yields batches (``(inputs, targets)``, dicts of model inputs, lone inputs: see
+            :mod:`ranksearch.adapters`); its first batches are used for BatchNorm recalibration and fine-tuning.
+        val_loader: yields batches likewise; the first ``eval_batches`` are the evaluation set.
         settings: fine-tune and measurement settings.
-        metric: ``metric(logits, targets) -> float`` (higher is better) replacing top-1 accuracy;
-            averaged over validation batches weighted by batch size.
-        loss_fn: fine-tune loss ``loss_fn(logits, targets)`` (default: cross-entropy).
+        metric: ``metric(outputs, targets) -> float`` (higher is better) replacing top-1 accuracy;
+            averaged over validation batches weighted by batch size (wins over ``settings.metric``).
+        loss_fn: fine-tune loss ``loss_fn(outputs, targets)`` (default: cross-entropy; wins over ``settings.loss``).
         cache: a shared :class:`FactorCache` (a private one by default).
+        latency: how latency is measured (None: not measured).
+        latency_table: where layer latencies are kept.
+        adapter: how batches are split and outputs read (wins over ``settings.batch`` and ``settings.output``).
+        objectives: the study's objectives, if known: ``fidelity`` among them makes every trial measure it
+            (it is measured anyway when the validation batches carry no labels), and ``accuracy`` among
+            them without labels is an error.
     """
 
     def __init__(
@@ -164,32 +107,55 @@ class Evaluator:
         settings: EvaluatorSettings | None = None,
         *,
         metric: Metric | None = None,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        loss_fn: Loss | None = None,
         cache: FactorCache | None = None,
         latency: LatencySettings | None = None,
         latency_table: LatencyTable | None = None,
+        adapter: BatchAdapter | None = None,
+        objectives: Sequence[str] | None = None,
     ) -> None:
-        self.settings = settings or EvaluatorSettings()
-        if self.settings.threads is not None:
-            torch.set_num_threads(self.settings.threads)
-        self.device = torch.device(self.settings.device)
-        self.model = copy.deepcopy(model).to(self.device).eval()
-        self.metric = metric or _accuracy
-        self.loss_fn = loss_fn or F.cross_entropy
+        self.settings = s = settings or EvaluatorSettings()
+        if s.threads is not None:
+            torch.set_num_threads(s.threads)
+        self.device = torch.device(s.device)
+        self.model = unpack_attention(model).to(self.device).eval()  # a copy; attention projections as layers
+        self.metric = metric or _user_function(s, "metric") or _accuracy
+        self.loss_fn = loss_fn or _user_function(s, "loss") or F.cross_entropy
+        self.adapter = adapter or BatchAdapter(_user_function(s, "batch"), _user_function(s, "output"))
         self.cache = cache or FactorCache()
         self._teacher: list[torch.Tensor] | None = None
-        need = max(self.settings.finetune_steps, self.settings.bn_batches, 1)
-        seed = self.settings.seed
-        self.train_batches = take_batches(train_loader, need, self.device, "training", seed)
-        self.val_batches = take_batches(val_loader, self.settings.eval_batches, self.device, "validation", seed)
-        if self.settings.eval_batches is not None and len(self.val_batches) > self.settings.eval_batches:
-            self.val_batches = self.val_batches[: self.settings.eval_batches]
-        check_model_on_data(self.model, self.val_batches, self.train_batches, class_labels=self.metric is _accuracy)
-        input_shape = (1, *self.val_batches[0][0].shape[1:])
-        cost = count(self.model, input_shape)
-        self.latency = (
-            None if latency is None else LatencyEstimator(self.model, input_shape[1:], latency, latency_table)
+        need = max(s.finetune_steps, s.bn_batches, 1)
+        self.train_batches = take_batches(train_loader, need, self.device, "training", s.seed, self.adapter)
+        self.val_batches = take_batches(val_loader, s.eval_batches, self.device, "validation", s.seed, self.adapter)
+        if s.eval_batches is not None and len(self.val_batches) > s.eval_batches:
+            self.val_batches = self.val_batches[: s.eval_batches]
+        self.labels = self.val_batches[0][1] is not None
+        """Whether the validation batches carry labels (else the metric is NaN and the quality is the fidelity)."""
+        _check_objectives(objectives, self.labels)
+        outputs = check_model_on_data(
+            self.model,
+            self.val_batches,
+            self.train_batches,
+            class_labels=self.metric is _accuracy,
+            adapter=self.adapter,
         )
+        self.fidelity_kind = resolve_kind(s.fidelity, outputs)
+        self._references = self._dense_references() if not self.labels or "fidelity" in (objectives or ()) else None
+        self._set_dense(latency, latency_table)
+
+    def _set_dense(self, latency: LatencySettings | None, latency_table: LatencyTable | None) -> None:
+        """The example input the MACs are counted on, the latency estimator and the dense measurement."""
+        inputs = self.val_batches[0][0]
+        if isinstance(inputs, torch.Tensor):
+            self.example_input: object = (1, *inputs.shape[1:])
+            """What :func:`ranksearch.costs.count` counts this model's MACs on: the input shape with batch 1 for
+            a model called with one tensor, else the first validation sample (tensors on the device)."""
+            input_shape, sample = self.example_input, self.example_input[1:]
+        else:
+            self.example_input = first_samples(inputs, 1, batch_size(inputs))
+            input_shape, sample = describe(self.example_input), self.example_input
+        cost = count(self.model, self.example_input)
+        self.latency = None if latency is None else LatencyEstimator(self.model, sample, latency, latency_table)
         latency_seconds = None if self.latency is None else self.latency.dense_seconds
         self.dense = DenseMeasurement(self.measure(self.model), cost.macs, cost.params, input_shape, latency_seconds)
 
@@ -201,14 +167,42 @@ class Evaluator:
 
     # --- measurements -------------------------------------------------------------------------
     def measure(self, model: nn.Module) -> float:
-        """The metric of ``model`` on the validation subset (eval mode, no gradients)."""
+        """The metric of ``model`` on the validation subset (eval mode, no gradients); NaN without labels."""
+        return self._measure(model)[0]
+
+    def measure_fidelity(self, model: nn.Module) -> float:
+        """The agreement of ``model``'s outputs with the dense model's on the validation subset (in [0, 1]).
+
+        The dense outputs are computed on first use; from then on every evaluation also measures the fidelity.
+        """
+        if self._references is None:
+            self._references = self._dense_references()
+        return self._measure(model)[1]
+
+    def _measure(self, model: nn.Module) -> tuple[float, float]:
+        """``(metric, fidelity)`` of ``model`` in one pass over the validation subset; NaN where not measured."""
         model.eval()
-        total, weight = 0.0, 0
+        total = agree = 0.0
+        weight = 0
         with torch.no_grad(), self.autocast():
-            for inputs, targets in self.val_batches:
-                total += self.metric(model(inputs).float(), targets) * len(targets)
-                weight += len(targets)
-        return total / weight
+            for index, (inputs, targets) in enumerate(self.val_batches):
+                outputs = self.adapter.forward(model, inputs).float()
+                size = batch_size(inputs)
+                if targets is not None:
+                    total += self.metric(outputs, targets) * size
+                if self._references is not None:
+                    agree += agreement(outputs, self._references[index], self.fidelity_kind) * size
+                weight += size
+        return (total / weight if self.labels else math.nan), (math.nan if self._references is None else agree / weight)
+
+    def _dense_references(self) -> list[torch.Tensor]:
+        """What the fidelity compares with, per validation batch: the dense model's outputs (computed once)."""
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            return [
+                reference(self.adapter.forward(self.model, inputs).float(), self.fidelity_kind)
+                for inputs, _ in self.val_batches
+            ]
 
     def recalibrate(self, model: nn.Module, batches: int | None = None) -> bool:
         """Re-estimate BatchNorm running statistics on the first ``batches`` training batches (default:
@@ -224,7 +218,7 @@ class Evaluator:
         model.train()
         with torch.no_grad():
             for inputs, _ in self.train_batches[:batches]:
-                model(inputs)
+                call_model(model, inputs)
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         model.eval()
@@ -241,7 +235,7 @@ class Evaluator:
                 group["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * step / s.finetune_steps))
             inputs, targets = self.train_batches[step]
             with self.autocast():
-                loss = self._finetune_loss(model(inputs).float(), targets, step)
+                loss = self._finetune_loss(self.adapter.forward(model, inputs).float(), targets, step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tune loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -254,24 +248,24 @@ class Evaluator:
                 scaler.update()
         model.eval()
 
-    def _finetune_loss(self, logits: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
-        """The fine-tune loss of one training batch: the loss on labels, blended with distillation."""
-        weight = self.settings.distill
-        loss = self.loss_fn(logits, targets)
+    def _finetune_loss(self, outputs: torch.Tensor, targets: object, step: int) -> torch.Tensor:
+        """The fine-tune loss of one training batch: the loss on labels, blended with distillation (only
+        distillation for a batch without labels)."""
+        weight = 1.0 if targets is None else self.settings.distill
+        loss = None if targets is None else self.loss_fn(outputs, targets)
         if weight == 0:
             return loss
-        t = self.settings.distill_temperature
-        teacher = F.log_softmax(self.teacher_logits()[step] / t, dim=1)
-        kl = F.kl_div(F.log_softmax(logits / t, dim=1), teacher, log_target=True, reduction="batchmean")
-        return (1 - weight) * loss + weight * t * t * kl
+        teacher = self.teacher_logits()[step]
+        term = distillation_loss(outputs, teacher, self.fidelity_kind, self.settings.distill_temperature, weight)
+        return term if loss is None else (1 - weight) * loss + term
 
     def teacher_logits(self) -> list[torch.Tensor]:
-        """The dense model's logits (float32) on the fine-tune batches, computed once (eval mode)."""
+        """The dense model's outputs (float32) on the fine-tune batches, computed once (eval mode)."""
         if self._teacher is None:
             self.model.eval()
             with torch.no_grad(), self.autocast():
                 steps = self.train_batches[: self.settings.finetune_steps]
-                self._teacher = [self.model(inputs).float() for inputs, _ in steps]
+                self._teacher = [self.adapter.forward(self.model, inputs).float() for inputs, _ in steps]
         return self._teacher
 
     def evaluate(
@@ -298,11 +292,19 @@ class Evaluator:
         except (RanksearchError, RuntimeError, FloatingPointError, ValueError) as error:
             result.failure = f"{type(error).__name__}: {error}"
         result.seconds["total"] = watch.total()
-        if result.failure is None and not math.isfinite(result.accuracy):
-            result.failure = f"the metric is not finite ({result.accuracy})"
+        if result.failure is None:
+            result.failure = self._not_finite(result)
         if keep_model and result.failure is None:
             result.model = model
         return result
+
+    def _not_finite(self, result: Evaluation) -> str | None:
+        """Why the measured quality makes the trial a failure (the metric or the fidelity is not finite), or None."""
+        if self.labels and not math.isfinite(result.accuracy):
+            return f"the metric is not finite ({result.accuracy})"
+        if self._references is not None and not math.isfinite(result.fidelity):
+            return f"the fidelity is not finite ({result.fidelity})"
+        return None
 
     def _measure_costs(
         self,
@@ -317,7 +319,7 @@ class Evaluator:
         result.layer_errors = {
             layer.name: self.cache.relative_error(layer.module, layer.method, layer.rank) for layer in resolved
         }
-        cost = count(model, self.dense.input_shape)
+        cost = count(model, self.example_input)
         result.macs, result.params = cost.macs, cost.params
         result.macs_ratio, result.params_ratio = cost.macs / self.dense.macs, cost.params / self.dense.params
         watch.lap("cost")
@@ -329,21 +331,45 @@ class Evaluator:
             watch.lap("latency")
 
     def _measure_metric(self, result: Evaluation, model: nn.Module, watch: _Stopwatch) -> None:
-        """The metric zero-shot, after recalibration and after the fine-tune (unless skipped) into ``result``."""
-        result.accuracy = result.accuracy_zero_shot = self.measure(model)
+        """The metric (and fidelity) zero-shot, after recalibration and after the fine-tune (unless skipped)."""
+        self._record(result, model, "accuracy_zero_shot")
         if self.recalibrate(model):
-            result.accuracy = result.accuracy_recalibrated = self.measure(model)
+            self._record(result, model, "accuracy_recalibrated")
         watch.lap("recalibrate")
+        name, quality = ("accuracy", result.accuracy) if self.labels else ("fidelity", result.fidelity)
         if self.settings.finetune_steps == 0:
             result.finetune_skipped = "finetune_steps is 0"
-        elif result.accuracy < self.settings.accuracy_floor:
+        elif quality < self.settings.accuracy_floor:
             floor = self.settings.accuracy_floor
-            result.finetune_skipped = f"accuracy {result.accuracy:.4f} before fine-tuning is below the floor {floor}"
+            result.finetune_skipped = f"{name} {quality:.4f} before fine-tuning is below the floor {floor}"
         else:
             self.finetune(model)
             watch.lap("finetune")
-            result.accuracy = result.accuracy_finetuned = self.measure(model)
+            self._record(result, model, "accuracy_finetuned")
         watch.lap("evaluate")
+
+    def _record(self, result: Evaluation, model: nn.Module, stage: str) -> None:
+        """Measure ``model``: the metric into ``result.accuracy`` and the field ``stage`` (with labels), the
+        fidelity into ``result.fidelity`` (None when not measured)."""
+        accuracy, fidelity = self._measure(model)
+        result.fidelity = None if self._references is None else fidelity
+        if self.labels:
+            result.accuracy = accuracy
+            setattr(result, stage, accuracy)
+
+
+def _user_function(settings: EvaluatorSettings, name: str) -> Callable | None:
+    """The function a setting names (imported now), or None."""
+    spec = getattr(settings, name)
+    return None if spec is None else load_callable(spec, where=f"evaluator setting {name}")
+
+
+def _check_objectives(objectives: Sequence[str] | None, labels: bool) -> None:
+    if objectives is not None and "accuracy" in objectives and not labels:
+        raise RanksearchError(
+            "the objective 'accuracy' needs labels, but the validation batches carry none: use the objective "
+            "'fidelity' (agreement with the dense model's outputs), or give the batches targets"
+        )
 
 
 class _Stopwatch:

@@ -1,7 +1,9 @@
 """The longer fine-tune of the one config a user ships (``ranksearch export --epochs``).
 
 The search fine-tunes each trial for a few steps on fixed batches so trials are comparable; the
-chosen config deserves full epochs over the training set, with cosine learning-rate decay.
+chosen config deserves full epochs over the training set, with cosine learning-rate decay. Batches are
+read by a :class:`~ranksearch.adapters.BatchAdapter`; batches without labels are distilled from the dense
+model (``teacher``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapters import BatchAdapter, batch_size, to_device
 from .errors import RanksearchError
+from .fidelity import distillation_loss, resolve_kind
 
 __all__ = ["finetune_epochs"]
 
@@ -30,11 +34,55 @@ def finetune_epochs(
     device: str | torch.device = "cpu",
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     log: Callable[[str], None] = print,
+    adapter: BatchAdapter | None = None,
+    teacher: nn.Module | None = None,
+    fidelity: str = "auto",
+    temperature: float = 4.0,
 ) -> list[float]:
     """Train ``model`` in place for ``epochs`` passes over ``train_loader`` (SGD, cosine decay to 0).
 
+    Batches are split and outputs read by ``adapter`` (the default :class:`~ranksearch.adapters.BatchAdapter`:
+    ``(inputs, targets)`` pairs, Hugging Face dicts...). A batch without labels is distilled from
+    ``teacher`` (the dense model, on ``device``; run in eval mode): its loss is
+    :func:`~ranksearch.fidelity.distillation_loss` of the ``fidelity`` kind at ``temperature``.
+
     Returns the mean training loss of each epoch; logs one line per epoch. Raises on a non-finite loss.
     """
+    total = epochs * _steps_per_epoch(train_loader, epochs, lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.to(device).train()
+    adapter = adapter or BatchAdapter()
+    distill = _Distill(adapter, teacher, fidelity, temperature)
+    losses, step = [], 0
+    try:
+        for epoch in range(epochs):
+            clock, running, seen = time.perf_counter(), 0.0, 0
+            for batch in train_loader:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                inputs, targets = adapter.split(batch)
+                inputs, targets = to_device(inputs, device), to_device(targets, device)
+                outputs = adapter.forward(model, inputs)
+                loss = distill(outputs, inputs) if targets is None else loss_fn(outputs, targets)
+                if not torch.isfinite(loss):
+                    where = f"epoch {epoch + 1}, step {step}"
+                    raise RanksearchError(f"fine-tune loss became {loss.item()} at {where}: try a lower lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                size = batch_size(inputs)
+                running += loss.item() * size
+                seen += size
+                step += 1
+            losses.append(running / seen)
+            log(f"fine-tune epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f} ({time.perf_counter() - clock:.1f} s)")
+    finally:
+        model.eval()
+    return losses
+
+
+def _steps_per_epoch(train_loader: Iterable, epochs: object, lr: object) -> int:
+    """The loader's length, once the arguments are checked."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise RanksearchError(f"epochs must be an int >= 1, got {epochs!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
@@ -45,29 +93,23 @@ def finetune_epochs(
         raise RanksearchError("train_loader must have a length (a DataLoader or a list of batches)") from None
     if steps_per_epoch == 0:
         raise RanksearchError("train_loader is empty")
-    total = epochs * steps_per_epoch
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    model.to(device).train()
-    losses, step = [], 0
-    try:
-        for epoch in range(epochs):
-            clock, running, seen = time.perf_counter(), 0.0, 0
-            for inputs, targets, *_ in train_loader:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                inputs, targets = inputs.to(device), targets.to(device)
-                loss = loss_fn(model(inputs), targets)
-                if not torch.isfinite(loss):
-                    where = f"epoch {epoch + 1}, step {step}"
-                    raise RanksearchError(f"fine-tune loss became {loss.item()} at {where}: try a lower lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running += loss.item() * len(targets)
-                seen += len(targets)
-                step += 1
-            losses.append(running / seen)
-            log(f"fine-tune epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f} ({time.perf_counter() - clock:.1f} s)")
-    finally:
-        model.eval()
-    return losses
+    return steps_per_epoch
+
+
+class _Distill:
+    """The loss of a batch without labels: distillation towards the teacher's outputs on the same inputs."""
+
+    def __init__(self, adapter: BatchAdapter, teacher: nn.Module | None, fidelity: str, temperature: float) -> None:
+        self.adapter, self.teacher, self.fidelity, self.temperature = adapter, teacher, fidelity, temperature
+
+    def __call__(self, outputs: torch.Tensor, inputs: object) -> torch.Tensor:
+        if self.teacher is None:
+            raise RanksearchError(
+                "the training batches carry no labels: a fine-tune without labels distills the dense model, "
+                "pass it as teacher=..."
+            )
+        self.teacher.eval()
+        with torch.no_grad():
+            target = self.adapter.forward(self.teacher, inputs).float()
+        kind = resolve_kind(self.fidelity, target)
+        return distillation_loss(outputs.float(), target, kind, self.temperature)

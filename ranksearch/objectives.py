@@ -1,9 +1,12 @@
 """The objectives, samplers and defaults of a search (plain data, no Optuna or torch, so study files and
 the Python API share one definition of each).
 
-Objective values: ``accuracy`` is the evaluator's metric after fine-tuning (maximized); ``macs``,
-``params`` and ``latency`` (predicted from measured per-layer latencies on the study's device) are
-fractions of the dense model's (minimized), so the dense model sits at 1.0.
+Objective values: ``accuracy`` is the evaluator's metric after fine-tuning (maximized; it needs labels);
+``fidelity`` the agreement of the compressed model's outputs with the dense model's on the validation
+batches (maximized, in [0, 1], 1.0 for the dense model; needs no labels, see :mod:`ranksearch.fidelity`);
+``macs``, ``params`` and ``latency`` (predicted from measured per-layer latencies on the study's device)
+are fractions of the dense model's (minimized), so the dense model sits at 1.0. A study keeps at least
+one quality (``accuracy`` or ``fidelity``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "HEARTBEAT_SECONDS",
     "OBJECTIVES",
     "ONE_SHOT_BUDGETS",
+    "QUALITY_OBJECTIVES",
     "SAMPLERS",
     "STRATEGIES",
     "TARGET_KINDS",
@@ -32,8 +36,16 @@ __all__ = [
     "default_storage",
 ]
 
-OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "params": "minimize", "latency": "minimize"}
+OBJECTIVES = {
+    "accuracy": "maximize",
+    "macs": "minimize",
+    "params": "minimize",
+    "latency": "minimize",
+    "fidelity": "maximize",
+}
 """Every objective name and its direction."""
+QUALITY_OBJECTIVES = ("accuracy", "fidelity")
+"""The objectives that measure how good a compressed model is (maximized); the others are costs."""
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "random")
 
@@ -66,7 +78,7 @@ def default_storage(study_name: str) -> str:
 
 
 def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
-    """Validate an objective list: known names, at least two, distinct, accuracy among them."""
+    """Validate an objective list: known names, at least two, distinct, a quality (accuracy or fidelity) among them."""
     if isinstance(objectives, str):
         raise RanksearchError(f"objectives must be a list of names, got the string {objectives!r}")
     objectives = tuple(objectives)
@@ -75,8 +87,10 @@ def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
             raise RanksearchError(f"unknown objective {name!r}; available: {', '.join(OBJECTIVES)}")
     if len(objectives) < 2 or len(set(objectives)) != len(objectives):
         raise RanksearchError(f"a rank search needs at least two distinct objectives, got {list(objectives)}")
-    if "accuracy" not in objectives:
-        raise RanksearchError(f"objectives must include 'accuracy' (the quality to keep), got {list(objectives)}")
+    if not any(name in QUALITY_OBJECTIVES for name in objectives):
+        raise RanksearchError(
+            f"objectives must include 'accuracy' or 'fidelity' (the quality to keep), got {list(objectives)}"
+        )
     return objectives
 
 

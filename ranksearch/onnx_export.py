@@ -1,5 +1,9 @@
 """export_onnx(model, example_input, path): a (compressed) model as an ONNX file, checked with onnxruntime.
 
+The example input is a tensor, a tuple or list of tensors (``model(*inputs)``) or a dict of tensors
+(``model(**inputs)``, e.g. a Hugging Face model's ``input_ids`` and ``attention_mask``, which become the
+ONNX inputs of those names).
+
 Uses torch's default exporter, the ``torch.export``-based one (``torch.onnx.export(..., dynamo=True)``),
 which needs the ``onnx`` and ``onnxscript`` packages; ``onnxruntime`` is needed only for verification.
 All three come with the optional extra::
@@ -28,7 +32,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +40,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from .adapters import call_model, describe
 from .errors import RanksearchError
 
 __all__ = ["OnnxExport", "OnnxExportError", "OnnxExtraMissingError", "OnnxVerificationError", "export_onnx"]
@@ -117,6 +122,8 @@ def _quiet_exporter() -> Iterator[None]:
             warnings.filterwarnings(
                 "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
             )
+            # Several inputs sharing the one batch dimension (a dict of inputs): torch names it once and says so.
+            warnings.filterwarnings("ignore", message=r"# The axis name: batch will not be used, since it shares")
             yield
     finally:
         logger.removeFilter(notice_filter)
@@ -145,17 +152,32 @@ def _summary(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def _named_inputs(example_input: object) -> dict[str, torch.Tensor]:
+    """The example input's tensors by ONNX input name: ``input`` for one tensor, ``input_<i>`` for a tuple's,
+    the keys of a dict."""
+    if isinstance(example_input, torch.Tensor):
+        return {"input": example_input}
+    if isinstance(example_input, Mapping):
+        return dict(example_input)
+    return {f"input_{index}": tensor for index, tensor in enumerate(example_input)}
+
+
 def _verify(
-    ort: ModuleType, path: Path, example_input: torch.Tensor, expected: list[torch.Tensor], rtol: float, atol: float
+    ort: ModuleType, path: Path, example_input: object, expected: list[torch.Tensor], rtol: float, atol: float
 ) -> float:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: onnxruntime's warnings go straight to stderr
-    x = example_input.detach().cpu()
+    named = {name: tensor.detach().cpu() for name, tensor in _named_inputs(example_input).items()}
+    float64 = any(x.dtype == torch.float64 for x in named.values())
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        if isinstance(example_input, torch.Tensor):  # one input, whatever the exporter named it
+            feed = {session.get_inputs()[0].name: named["input"].numpy()}
+        else:  # inputs the graph does not use are dropped by the exporter
+            feed = {i.name: named[i.name].numpy() for i in session.get_inputs()}
+        got = session.run(None, feed)
     except Exception as error:  # onnxruntime raises its own classes (Fail, NotImplemented, InvalidArgument...)
-        hint = " (some of its CPU kernels, Conv among them, are float32 only)" if x.dtype == torch.float64 else ""
+        hint = " (some of its CPU kernels, Conv among them, are float32 only)" if float64 else ""
         raise OnnxVerificationError(
             f"onnxruntime cannot run the exported model{hint}: {_summary(error)}; pass verify=False to skip this check"
         ) from error
@@ -184,7 +206,7 @@ def _verify(
 
 def export_onnx(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | tuple | list | Mapping[str, torch.Tensor],
     path: str | os.PathLike[str],
     *,
     verify: bool = True,
@@ -196,10 +218,12 @@ def export_onnx(
     """Export ``model`` (a ranksearch-compressed one or any other) to the ONNX file ``path``.
 
     Args:
-        model: an ``nn.Module`` with one tensor input. It is deep-copied and the copy put in eval mode;
-            ``model`` itself is not modified (not even its train/eval mode).
-        example_input: a tensor the model accepts (its dtype and device), used to trace the model and,
-            with ``verify``, to compare onnxruntime's output with torch's.
+        model: an ``nn.Module``. It is deep-copied and the copy put in eval mode; ``model`` itself is not
+            modified (not even its train/eval mode).
+        example_input: what the model accepts (dtypes and device): a tensor (``model(x)``; the ONNX input
+            ``input``), a tuple or list of tensors (``model(*x)``; inputs ``input_0``, ``input_1``...) or a
+            dict of tensors (``model(**x)``; inputs named by its keys). Used to trace the model and, with
+            ``verify``, to compare onnxruntime's output with torch's.
         path: the ``.onnx`` file to write (its directory must exist); overwritten if present.
         verify: run the file with onnxruntime on ``example_input`` and check every output against torch:
             ``|onnx - torch| <= atol + rtol * |torch|`` elementwise, by default ``rtol=1e-3, atol=1e-4``
@@ -209,7 +233,7 @@ def export_onnx(
         opset: the default-domain ONNX opset; None for torch's default. torch's exporter emits opset 18
             or newer and converts down to an older one it is asked for, logging that it does; if the
             conversion fails the file keeps 18: ``OnnxExport.opset`` has the real one.
-        dynamic_batch: make dimension 0 of the input (and the outputs) symbolic, so the file runs with
+        dynamic_batch: make dimension 0 of every input (and the outputs) symbolic, so the file runs with
             any batch size. If the model's code fixes the batch size (e.g. ``x.reshape(2, -1)``), torch
             specializes it and the file keeps the example's batch size: see ``OnnxExport.dynamic_batch``.
         rtol, atol: the verification tolerance above.
@@ -246,9 +270,11 @@ def _check_arguments(
     """``path`` as a Path, once the arguments of :func:`export_onnx` are checked (an OnnxExportError if not)."""
     if not isinstance(model, nn.Module):
         raise OnnxExportError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, torch.Tensor):
+    if not _is_example(example_input):
+        shapes = f" {describe(example_input)}" if isinstance(example_input, (tuple, list, Mapping)) else ""
         raise OnnxExportError(
-            f"example_input must be a torch.Tensor (one input of the model), got {type(example_input).__name__}"
+            "example_input must be a torch.Tensor (or a tuple or list of tensors, or a dict of tensors: the "
+            f"model's inputs), got {type(example_input).__name__}{shapes}"
         )
     if not isinstance(path, (str, os.PathLike)):
         raise OnnxExportError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -264,35 +290,60 @@ def _check_arguments(
     return path
 
 
-def _reference_outputs(model: nn.Module, example_input: torch.Tensor) -> list[torch.Tensor]:
+def _is_example(value: object) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, Mapping):
+        return bool(value) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    return isinstance(value, (tuple, list)) and bool(value) and all(isinstance(v, torch.Tensor) for v in value)
+
+
+def _reference_outputs(model: nn.Module, example_input: object) -> list[torch.Tensor]:
     """torch's output tensors of ``model`` on ``example_input`` (what onnxruntime's must match)."""
     try:
         with torch.no_grad():
-            return _flatten(model(example_input))
+            return _flatten(call_model(model, example_input))
     except OnnxExportError:
         raise
     except Exception as error:
-        raise OnnxExportError(
-            f"the model fails on example_input of shape {tuple(example_input.shape)} and dtype "
-            f"{example_input.dtype}: {type(error).__name__}: {error}"
-        ) from error
+        if isinstance(example_input, torch.Tensor):
+            what = f"of shape {tuple(example_input.shape)} and dtype {example_input.dtype}"
+        else:
+            what = f"{describe(example_input)}"
+        raise OnnxExportError(f"the model fails on example_input {what}: {type(error).__name__}: {error}") from error
+
+
+def _export_arguments(example_input: object, dynamic_batch: bool) -> dict[str, object]:
+    """``torch.onnx.export``'s args, kwargs, input names and dynamic shapes for ``example_input``."""
+    batch = torch.export.Dim("batch")
+    named = _named_inputs(example_input)
+    dims = {name: ({0: batch} if dynamic_batch and t.ndim > 0 else None) for name, t in named.items()}
+    if isinstance(example_input, Mapping):  # keyword inputs: dynamic shapes by argument name
+        args, kwargs, shapes = (), dict(example_input), dims
+    else:
+        args, kwargs, shapes = tuple(named.values()), None, tuple(dims.values())
+    any_dynamic = any(dim is not None for dim in dims.values())
+    return {
+        "args": args,
+        "kwargs": kwargs,
+        "input_names": list(named),
+        "dynamic_shapes": shapes if any_dynamic else None,
+    }
 
 
 def _export(
-    model: nn.Module, example_input: torch.Tensor, path: Path, *, opset: int | None, dynamic_batch: bool
+    model: nn.Module, example_input: object, path: Path, *, opset: int | None, dynamic_batch: bool
 ) -> torch.onnx.ONNXProgram:
     """Export ``model`` with torch's exporter and save it to ``path``; torch's error summarized if it fails."""
-    batch_dim = {0: torch.export.Dim("batch")} if dynamic_batch and example_input.ndim > 0 else None
+    arguments = _export_arguments(example_input, dynamic_batch)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
                 model,
-                (example_input,),
                 dynamo=True,
                 verbose=False,  # else it prints its progress to stdout
-                input_names=["input"],
                 opset_version=opset,
-                dynamic_shapes=None if batch_dim is None else (batch_dim,),
+                **arguments,
             )
             program.save(path)  # a side file of external data only when the weights exceed 2 GB
     except Exception as error:  # torch.onnx.OnnxExporterError, or whatever torch.export raised inside it

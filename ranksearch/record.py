@@ -45,6 +45,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCREENED",
     "SENSITIVITY_ATTR",
+    "STORED_WHEN_MEASURED",
     "Measurements",
     "TrialRecord",
     "check_schema",
@@ -79,6 +80,9 @@ ONE_SHOT = "one_shot"  # set on an enqueued trial: the plain allocation of its k
 FRACTIONS = "fractions"  # {layer: grid fraction} of an allocated config (its params are knobs)
 SCREENED = "screened"  # candidates the proxy scored for this trial (1: none screened)
 PROXY_LOSS = "proxy_loss"  # the proxy loss of the evaluated config (the screening's first fidelity)
+
+STORED_WHEN_MEASURED = frozenset({"fidelity"})
+"""Measurements only some studies take: a trial stores them only when measured (read back as None)."""
 
 _METHOD_SUFFIX = ".method"
 _FRACTION_SUFFIX = ".rank_fraction"
@@ -125,8 +129,11 @@ class Measurements:
     Accuracies are on the fixed validation subset: ``accuracy_zero_shot`` right after decomposition,
     ``accuracy_recalibrated`` after BatchNorm recalibration (None without BatchNorm),
     ``accuracy_finetuned`` after the brief fine-tune (None when skipped, ``finetune_skipped`` says why);
-    ``accuracy`` is the last of these. Latencies are in seconds: ``latency_seconds`` predicted from the
-    latency table, ``latency_measured_seconds`` the whole model timed (sampled trials only).
+    ``accuracy`` is the last of these (NaN, and the others None or NaN, when the batches carry no
+    labels). ``fidelity`` is the agreement of the last model's outputs with the dense model's (in [0, 1];
+    None when not measured: it is when the study asks for it, or the batches carry no labels). Latencies
+    are in seconds: ``latency_seconds`` predicted from the latency table, ``latency_measured_seconds``
+    the whole model timed (sampled trials only).
     ``failure`` is why the evaluation failed (None if it did not); ``layer_errors`` the relative weight
     error per compressed layer; ``seconds`` wall times per stage (``decompose``, ``cost``,
     ``recalibrate``, ``finetune``, ``evaluate``, ``total``).
@@ -140,6 +147,7 @@ class Measurements:
     accuracy_zero_shot: float = float("nan")
     accuracy_recalibrated: float | None = None
     accuracy_finetuned: float | None = None
+    fidelity: float | None = None
     latency_seconds: float | None = None
     latency_ratio: float | None = None
     latency_measured_seconds: float | None = None
@@ -149,8 +157,14 @@ class Measurements:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_attrs(self) -> dict[str, Any]:
-        """The measured fields as JSON-ready attributes (deep copies; NaN/inf stored as None)."""
-        return {f.name: jsonable(copy.deepcopy(getattr(self, f.name))) for f in fields(Measurements)}
+        """The measured fields as JSON-ready attributes (deep copies; NaN/inf stored as None). Fields of
+        :data:`STORED_WHEN_MEASURED` are left out while None, so studies that do not measure them store
+        what they stored before the fields existed."""
+        return {
+            f.name: jsonable(copy.deepcopy(getattr(self, f.name)))
+            for f in fields(Measurements)
+            if not (f.name in STORED_WHEN_MEASURED and getattr(self, f.name) is None)
+        }
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, object]) -> Measurements:
@@ -173,9 +187,19 @@ class Measurements:
             "macs": self.macs_ratio,
             "params": self.params_ratio,
             "latency": self.latency_ratio,
+            "fidelity": self.fidelity,
         }
         if name not in values:
             raise RanksearchError(f"unknown objective {name!r}; known: {', '.join(values)}")
+        if name == "accuracy" and math.isnan(self.accuracy) and self.fidelity is not None:
+            raise RanksearchError(
+                "the objective 'accuracy' was not measured: the batches carry no labels; use the objective 'fidelity'"
+            )
+        if name == "fidelity" and self.fidelity is None:
+            raise RanksearchError(
+                "the objective 'fidelity' was not measured: the evaluator measures it when its objectives name it "
+                "(Evaluator(..., objectives=...)) or when the batches carry no labels"
+            )
         return values[name]
 
 

@@ -4,7 +4,9 @@ A proxy score builds the compressed model from the factor cache, re-estimates Ba
 few training batches and measures the loss and the metric on a few validation batches, without any
 fine-tuning: about the cost of a dozen forward passes, against a full evaluation's hundred training steps.
 The search uses it twice: per-layer sensitivity curves (one layer compressed at a time) and screening,
-where several candidate configs compete and only the best by proxy earns the brief fine-tune.
+where several candidate configs compete and only the best by proxy earns the brief fine-tune. Without
+labels the loss is the distillation loss towards the dense model and the metric is the fidelity
+(:mod:`ranksearch.fidelity`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .adapters import batch_size, first_samples
 from .compress import apply_resolved
 from .config import CompressionConfig
 from .errors import RanksearchError
 from .evaluator import Evaluator
+from .fidelity import agreement, distillation_loss, reference
 
 __all__ = ["ProxyScore", "ProxySettings", "Screen"]
 
@@ -47,7 +51,8 @@ class ProxySettings:
 @dataclass(frozen=True)
 class ProxyScore:
     """A config's proxy: mean ``loss`` (lower is better; inf when not finite), ``metric`` (e.g. accuracy)
-    on the proxy's validation batches after BatchNorm recalibration, and the ``seconds`` it took."""
+    on the proxy's validation batches after BatchNorm recalibration, and the ``seconds`` it took. Without
+    labels: the distillation loss towards the dense model's outputs, and the fidelity."""
 
     loss: float
     metric: float
@@ -61,6 +66,7 @@ class Screen:
         self.evaluator = evaluator
         self.settings = settings or ProxySettings()
         self.batches = _first_samples(evaluator.val_batches, self.settings.eval_samples)
+        self.teacher = None if evaluator.labels else self._dense_outputs()
         # The dense model recalibrated the same way, so that a loss increase is the compression's alone.
         self.dense = self._score_model(copy.deepcopy(evaluator.model), recalibrate=True, start=time.perf_counter())
 
@@ -79,13 +85,27 @@ class Screen:
         loss_sum = metric_sum = 0.0
         count = 0
         with torch.no_grad(), evaluator.autocast():
-            for inputs, targets in self.batches:
-                logits = model(inputs).float()
-                loss_sum += float(evaluator.loss_fn(logits, targets)) * len(targets)
-                metric_sum += evaluator.metric(logits, targets) * len(targets)
-                count += len(targets)
+            for index, (inputs, targets) in enumerate(self.batches):
+                logits = evaluator.adapter.forward(model, inputs).float()
+                size = batch_size(inputs)
+                if targets is None:  # no labels: how far from the dense model
+                    teacher, kind = self.teacher[index], evaluator.fidelity_kind
+                    temperature = evaluator.settings.distill_temperature
+                    loss_sum += float(distillation_loss(logits, teacher, kind, temperature)) * size
+                    metric_sum += agreement(logits, reference(teacher, kind), kind) * size
+                else:
+                    loss_sum += float(evaluator.loss_fn(logits, targets)) * size
+                    metric_sum += evaluator.metric(logits, targets) * size
+                count += size
         loss = loss_sum / count
         return ProxyScore(loss if math.isfinite(loss) else math.inf, metric_sum / count, time.perf_counter() - start)
+
+    def _dense_outputs(self) -> list[torch.Tensor]:
+        """The dense model's outputs (float32, as it is: not recalibrated) on the proxy's batches."""
+        evaluator = self.evaluator
+        evaluator.model.eval()
+        with torch.no_grad(), evaluator.autocast():
+            return [evaluator.adapter.forward(evaluator.model, inputs).float() for inputs, _ in self.batches]
 
 
 def _first_samples(batches: list, samples: int) -> list:
@@ -94,6 +114,7 @@ def _first_samples(batches: list, samples: int) -> list:
     for inputs, targets in batches:
         if left <= 0:
             break
-        kept.append((inputs[:left], targets[:left]))
-        left -= len(targets)
+        size = batch_size(inputs)
+        kept.append((first_samples(inputs, left, size), first_samples(targets, left, size)))
+        left -= size
     return kept

@@ -24,12 +24,14 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from .attention import searchable_view
 from .config import DENSE, CompressionConfig
 from .costs import count
 from .decompositions import Rank, available_methods, get_method
 from .errors import ConfigError
 from .latency import layer_inputs
 from .layers import compressible_layers, probe_shape
+from .tracing import is_shape
 
 __all__ = ["GRIDS", "LayerChoices", "SearchSpace"]
 
@@ -143,9 +145,13 @@ class SearchSpace:
     def layers(self, model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, LayerChoices]:
         """The choices for every searched layer of ``model`` (layers that can only stay dense are left out).
 
-        ``input_shape`` (with batch, e.g. ``(1, 3, 32, 32)``) makes costs MACs; without it they are params.
+        ``input_shape`` (with batch, e.g. ``(1, 3, 32, 32)``, or an example input: a tensor, tuple or dict of
+        tensors) makes costs MACs; without it they are params.
         """
-        inputs = layer_inputs(model, tuple(input_shape)) if input_shape is not None else {}
+        model = searchable_view(model)  # attention projections are layers
+        if input_shape is not None and is_shape(input_shape):
+            input_shape = tuple(input_shape)
+        inputs = layer_inputs(model, input_shape) if input_shape is not None else {}
         choices = {}
         for name, info in compressible_layers(model).items():
             if not any(fnmatchcase(name, p) for p in self.include) or any(fnmatchcase(name, p) for p in self.exclude):

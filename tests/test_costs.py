@@ -91,3 +91,24 @@ def test_train_mode_is_restored_and_counted_on_the_given_shape():
 def test_forward_failure_names_the_shape():
     with pytest.raises(rs.RanksearchError, match=r"forward pass failed on an input of shape \(1, 3, 32, 32\)"):
         rs.count(small_cnn(in_channels=1), (1, 3, 32, 32))
+
+
+class Conv1D(nn.Module):
+    """A stand-in for Hugging Face's ``Conv1D`` (GPT-2's projections): a Linear with its weight stored (nx, nf)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # (B*T, nf)
+        return rows.reshape(*x.shape[:-1], self.nf)
+
+
+def test_hugging_face_conv1d_counts_as_the_linear_it_is():
+    model = nn.Sequential(Conv1D(12, 8), nn.GELU(), Conv1D(8, 12))
+    report = rs.count(model, (2, 5, 8))
+    assert report.macs == 2 * 5 * 8 * 12 + 2 * 5 * 12 * 8 == flop_counter_macs(model, (2, 5, 8))
+    assert list(report.table["macs"]) == [2 * 5 * 8 * 12, 2 * 5 * 12 * 8]

@@ -116,7 +116,18 @@ def _loader(x, y, batch_size=8):
             lambda: (_loader(torch.full((8, 1, 8, 8), float("nan")), torch.zeros(8, dtype=torch.long)), None),
             "data contains NaN or infinite values",
         ),
-        (lambda: ([torch.zeros(8, 1, 8, 8)], None), r"must yield \(inputs, targets\) tensor pairs, got Tensor"),
+        (
+            lambda: (["not a batch"], None),
+            r"the validation loader: a batch must be a tensor, an \(inputs, targets\) tuple or a dict .*, got a str",
+        ),
+        (
+            lambda: ([(torch.zeros(8, 1, 8, 8), torch.zeros(8, dtype=torch.long)), torch.zeros(8, 1, 8, 8)], None),
+            "the validation loader yields batches with labels and batches without: give all or none",
+        ),
+        (
+            lambda: ([(torch.zeros(8, 1, 8, 8), torch.zeros(7, dtype=torch.long))], None),
+            r"inputs of shape \(8, 1, 8, 8\) with targets of shape \(7,\): they must have the same non-zero batch",
+        ),
     ],
 )
 def test_bad_data_gets_a_clear_message(tiny_task, make, message):
@@ -135,6 +146,13 @@ def test_bad_data_gets_a_clear_message(tiny_task, make, message):
         ({"lr": float("nan")}, "lr must be a finite number >= 0"),
         ({"accuracy_floor": 2}, r"accuracy_floor must be a number in \[0, 1\], got 2"),
         ({"device": "tpu9"}, "device 'tpu9' is not a torch device"),
+        ({"fidelity": "top5"}, r"fidelity must be one of auto, top1, cosine, kl, got 'top5'"),
+        (
+            {"metric": "accuracy"},
+            r"setting metric must be a string 'package.module:function', got 'accuracy'",
+        ),
+        ({"loss": len}, r"evaluator setting loss names .* pass the callable itself to Evaluator\(loss_fn=\.\.\.\)"),
+        ({"batch": 3}, r"evaluator setting batch must be a string 'package.module:function', got 3"),
     ],
 )
 def test_bad_settings(kwargs, message):

@@ -156,6 +156,8 @@ def test_missing_extra_names_the_module_and_the_install_command(monkeypatch, mis
         ({"atol": -1.0}, r"rtol and atol must be >= 0"),
         ({"opset": "18"}, r"opset must be a positive int or None"),
         ({"example_input": torch.randn(2, 7)}, r"the model fails on example_input of shape \(2, 7\)"),
+        ({"example_input": {"x": [1.0]}}, r"example_input must be a torch.Tensor .*got dict \{'x': \['float'\]\}"),
+        ({"example_input": {"x": torch.randn(2, 12)}}, r"the model fails on example_input \{'x': \(2, 12\)\}: TypeErr"),
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, match, monkeypatch, tmp_path):
@@ -166,3 +168,38 @@ def test_bad_arguments_are_clear_errors(kwargs, match, monkeypatch, tmp_path):
     args = {"model": linear_model(), "example_input": torch.randn(2, 12), "path": tmp_path / "m.onnx", **kwargs}
     with pytest.raises(OnnxExportError, match=match):
         export_onnx(args.pop("model"), args.pop("example_input"), args.pop("path"), **args)
+
+
+class Keywords(nn.Module):
+    """A Hugging Face-like model: ``input_ids`` and ``attention_mask`` keywords in, a dict with logits out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, 8)
+        return {"logits": self.head(pooled)}
+
+
+def test_a_dict_input_model_exports_with_named_inputs_and_any_batch_size(ort, tmp_path):
+    torch.manual_seed(0)
+    small = rs.apply(Keywords(), rs.CompressionConfig({"head": ("svd", 2)}))
+    example = {"input_ids": torch.randint(0, 11, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    result = export_onnx(small, example, tmp_path / "keywords.onnx")
+    assert result.dynamic_batch and result.max_abs_diff is not None and result.max_abs_diff < ATOL
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    five = {"input_ids": torch.randint(0, 11, (5, 5)), "attention_mask": torch.randint(0, 2, (5, 5))}
+    (got,) = session.run(None, {name: tensor.numpy() for name, tensor in five.items()})
+    with torch.no_grad():
+        expected = small(**five)["logits"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
+def test_a_model_of_two_positional_inputs_exports(ort, tmp_path):
+    model = nn.Bilinear(4, 3, 2)
+    result = export_onnx(model, (torch.randn(2, 4), torch.randn(2, 3)), tmp_path / "pair.onnx")
+    assert result.dynamic_batch and result.max_abs_diff < ATOL

@@ -48,10 +48,21 @@ def test_older_and_newer_attributes_read_with_defaults_and_without_unknown_keys(
 
 
 def test_objectives_come_from_the_measurements():
-    measured = Measurements(accuracy=0.9, macs_ratio=0.3, params_ratio=0.4, latency_ratio=0.8)
-    assert [measured.objective(o) for o in ("accuracy", "macs", "params", "latency")] == [0.9, 0.3, 0.4, 0.8]
+    measured = Measurements(accuracy=0.9, macs_ratio=0.3, params_ratio=0.4, latency_ratio=0.8, fidelity=0.7)
+    names = ("accuracy", "macs", "params", "latency", "fidelity")
+    assert [measured.objective(o) for o in names] == [0.9, 0.3, 0.4, 0.8, 0.7]
     with pytest.raises(RanksearchError, match="unknown objective 'energy'"):
         measured.objective("energy")
+    with pytest.raises(RanksearchError, match=r"objective 'fidelity' was not measured: .*objectives name it"):
+        Measurements(accuracy=0.9).objective("fidelity")
+    with pytest.raises(RanksearchError, match="objective 'accuracy' was not measured: the batches carry no labels"):
+        Measurements(fidelity=0.5).objective("accuracy")
+
+
+def test_a_measurement_only_some_studies_take_is_stored_only_when_measured():
+    assert "fidelity" not in Measurements(accuracy=0.5).to_attrs()  # as trials stored before it existed
+    assert Measurements(fidelity=0.25).to_attrs()["fidelity"] == 0.25
+    assert Measurements.from_attrs({"accuracy": 0.5}).fidelity is None
 
 
 def test_the_evaluation_is_the_measurements_plus_the_config_and_model():

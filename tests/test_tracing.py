@@ -1,4 +1,4 @@
-"""trace_calls: one forward pass on zeros, every call of the chosen modules with its shapes."""
+"""trace_calls: one forward pass on zeros (or an example input), every call of the chosen modules with its shapes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ranksearch.errors import RanksearchError
-from ranksearch.tracing import ModuleCall, trace_calls
+from ranksearch.tracing import ModuleCall, is_shape, trace_calls
 
 
 class Twice(nn.Module):
@@ -115,3 +115,30 @@ def test_a_failing_forward_names_the_shape_and_cleans_up():
         trace_calls(model, (1, 5, 8, 8), ["stem"])
     assert isinstance(info.value.__cause__, RuntimeError)
     assert model.training and not model.stem._forward_hooks
+
+
+def test_shapes_and_example_inputs_are_told_apart():
+    assert is_shape((1, 3)) and is_shape([2]) and is_shape(torch.Size([1, 2])) and is_shape(())
+    assert not is_shape(torch.zeros(2)) and not is_shape((torch.zeros(2),)) and not is_shape({"x": torch.zeros(1)})
+
+
+def test_an_example_input_is_used_as_it_is_with_keywords_or_positions():
+    class Keywords(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(7, 4), nn.Linear(4, 2)
+
+        def forward(self, input_ids: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(input_ids) * scale[..., None])
+
+    model = Keywords().double()
+    seen: list[torch.Tensor] = []
+    model.head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    ids, scale = torch.tensor([[1, 6, 3]]), torch.full((1, 3), 2.0)
+    (call,) = trace_calls(model, {"input_ids": ids, "scale": scale}, ["head"], dtype=torch.float64)
+    assert (call.input_shape, call.output_shape) == ((1, 3, 4), (1, 3, 2))
+    torch.testing.assert_close(seen[0], model.embed(ids).detach() * 2.0, rtol=0, atol=0)  # the values, not zeros
+    (call,) = trace_calls(nn.Bilinear(2, 3, 4), (torch.zeros(5, 2), torch.zeros(5, 3)), [""])
+    assert call.output_shape == (5, 4)
+    with pytest.raises(RanksearchError, match=r"forward pass failed on the example input \{'input_ids': \(1, 3\)\}"):
+        trace_calls(model, {"input_ids": ids}, [])

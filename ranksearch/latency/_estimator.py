@@ -16,8 +16,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..adapters import describe, repeat_first
 from ..config import ResolvedLayer
-from ..tracing import trace_calls
+from ..decompositions import is_hf_conv1d
+from ..tracing import InputShape, is_shape, trace_calls
 from ._measure import LatencySettings, _threads, device_name, measure_seconds
 from ._table import LatencyTable
 
@@ -31,12 +33,18 @@ def structure_digest(model: nn.Module) -> str:
     return hashlib.blake2b("\n".join(parts).encode(), digest_size=10).hexdigest()
 
 
-def layer_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Input shape of every Conv2d and Linear in one forward pass of ``model`` on ``input_shape`` (first call).
+def layer_inputs(model: nn.Module, input_shape: InputShape) -> dict[str, tuple[int, ...]]:
+    """Input shape of every Conv1d/Conv2d, Linear and Hugging Face ``Conv1D`` in one forward pass of ``model`` on
+    ``input_shape`` (first call).
 
-    The pass is :func:`~ranksearch.tracing.trace_calls`'s (zeros, eval mode; a RanksearchError if it fails).
+    The pass is :func:`~ranksearch.tracing.trace_calls`'s (zeros, eval mode; a RanksearchError if it fails);
+    ``input_shape`` may be an example input there.
     """
-    names = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) or is_hf_conv1d(module)
+    ]
     shapes: dict[str, tuple[int, ...]] = {}
     for call in trace_calls(model, input_shape, names):
         shapes.setdefault(call.name, call.input_shape)
@@ -44,12 +52,16 @@ def layer_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tu
 
 
 def _geometry(module: nn.Module) -> str:
-    if isinstance(module, nn.Conv2d):
+    """What a latency table entry of ``module`` depends on besides its input shape (Conv2d keys as before)."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return (
-            f"conv2d({module.in_channels}->{module.out_channels} k{module.kernel_size} s{module.stride} "
-            f"p{module.padding} d{module.dilation} g{module.groups} {module.padding_mode} "
+            f"conv{module.weight.dim() - 2}d({module.in_channels}->{module.out_channels} k{module.kernel_size} "
+            f"s{module.stride} p{module.padding} d{module.dilation} g{module.groups} {module.padding_mode} "
             f"bias={module.bias is not None})"
         )
+    if is_hf_conv1d(module):
+        in_features, out_features = module.weight.shape
+        return f"linear({in_features}->{out_features} bias={module.bias is not None} hf-conv1d)"
     return f"linear({module.in_features}->{module.out_features} bias={module.bias is not None})"
 
 
@@ -59,29 +71,39 @@ class LatencyEstimator:
     Args:
         model: the dense model (its structure is timed, on the settings' device and dtype).
         sample_shape: one input sample's shape, e.g. ``(3, 32, 32)``; the batch is ``settings.batch_size``.
+            For a model not called with one tensor, an example input instead (a tuple or dict of tensors,
+            batch first, e.g. a Hugging Face batch's ``input_ids`` and ``attention_mask``): its first
+            sample, repeated to ``settings.batch_size``, is what the model is timed on.
         settings: how to time.
         table: where layer latencies are kept (an in-memory table by default).
+
+    ``input_shape`` is the timed input's shape (batch included), or the timed example input.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        sample_shape: Sequence[int],
+        sample_shape: InputShape,
         settings: LatencySettings | None = None,
         table: LatencyTable | None = None,
     ) -> None:
         self.settings = settings or LatencySettings()
         self.table = table if table is not None else LatencyTable()
-        self.input_shape = (self.settings.batch_size, *sample_shape)
+        if is_shape(sample_shape):
+            self.input_shape: InputShape = (self.settings.batch_size, *sample_shape)
+            described = self.input_shape
+        else:
+            self.input_shape = repeat_first(sample_shape, self.settings.batch_size)
+            described = describe(self.input_shape)
         with _threads(self.settings.threads):
             hardware = device_name(self.settings.device)
         self.context = f"{hardware} | {self.settings.dtype} | torch {torch.__version__}"
         self.layer_inputs = layer_inputs(model, self.input_shape)
-        key = f"model {structure_digest(model)} @ {self.input_shape}"
+        key = f"model {structure_digest(model)} @ {described}"
         self.dense_seconds = self._lookup(key, model, self.input_shape)
         self.table.save()
 
-    def _lookup(self, key: str, module: nn.Module, input_shape: tuple[int, ...]) -> float:
+    def _lookup(self, key: str, module: nn.Module, input_shape: InputShape) -> float:
         return self.table.get_or_measure(self.context, key, lambda: measure_seconds(module, input_shape, self.settings))
 
     def layer_key(self, name: str, module: nn.Module) -> str:

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapters import call_model, map_tensors
 from ..errors import RanksearchError
+from ..tracing import InputShape, is_shape
 
 __all__ = ["DTYPES", "LatencySettings", "device_name", "measure_seconds", "prepared"]
 
@@ -112,12 +114,16 @@ def prepared(module: nn.Module, settings: LatencySettings) -> nn.Module:
 
 def measure_seconds(
     module: nn.Module,
-    input_shape: tuple[int, ...],
+    input_shape: InputShape,
     settings: LatencySettings,
     *,
     clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Median seconds of one forward pass of ``module`` on a random input of ``input_shape`` (batch included).
+
+    ``input_shape`` may also be an example input (a tensor, a tuple of tensors for ``module(*inputs)``, a
+    dict of tensors for ``module(**inputs)``), timed as it is: moved to the settings' device, its
+    floating-point tensors cast to the settings' dtype (integer ones, e.g. token ids, kept).
 
     The module is copied to the settings' device and dtype and run under ``torch.inference_mode``:
     ``warmup`` untimed runs, then ``repeats`` samples; a sample loops the module ``n`` times (``n``
@@ -126,14 +132,18 @@ def measure_seconds(
     """
     device = torch.device(settings.device)
     model = prepared(module, settings)
-    inputs = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device, settings.torch_dtype)
+    if is_shape(input_shape):
+        inputs = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device, settings.torch_dtype)
+    else:
+        dtype = settings.torch_dtype
+        inputs = map_tensors(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device), input_shape)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with _threads(settings.threads), torch.inference_mode():
         for _ in range(settings.warmup):
-            model(inputs)
+            call_model(model, inputs)
         sync()
         loops, start = 1, clock()
-        model(inputs)
+        call_model(model, inputs)
         sync()
         once = clock() - start
         if settings.min_sample_seconds > 0 and once < settings.min_sample_seconds:
@@ -142,7 +152,7 @@ def measure_seconds(
         for _ in range(settings.repeats):
             start = clock()
             for _ in range(loops):
-                model(inputs)
+                call_model(model, inputs)
             sync()
             samples.append((clock() - start) / loops)
     return statistics.median(samples)

@@ -64,7 +64,7 @@ class AllocatingProposer:
         self.kind = next((k for k in ("macs", "params") if k in targets), "macs")
         self.targets = tuple(targets.get(self.kind, ()))
         self.screen_size, self.proxy, self.seed, self.log = screen, proxy, seed, log
-        self.costs = option_costs(evaluator.model, layers, evaluator.dense.input_shape, self.kind)
+        self.costs = option_costs(evaluator.model, layers, evaluator.example_input, self.kind)
         self.floor = self._cheapest_any()
         self._allocator: Allocator | None = None
         self._screen: Screen | None = None

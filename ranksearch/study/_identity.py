@@ -29,7 +29,15 @@ __all__ = ["create_or_load", "study_identity", "weights_digest"]
 ADDED_TO_IDENTITY = ("weights",)  # identity keys newer than some stored studies: checked only where stored
 BEFORE_KEYS_EXISTED = {"grid": "rank", "strategy": "per-layer", "targets": {}}
 """What a study stored before these identity keys existed was made with (so it resumes as what it was)."""
-EVALUATOR_BEFORE_KEYS_EXISTED = {"distill": 0.0, "distill_temperature": 4.0}
+EVALUATOR_BEFORE_KEYS_EXISTED = {
+    "distill": 0.0,
+    "distill_temperature": 4.0,
+    "fidelity": "auto",
+    "metric": None,
+    "loss": None,
+    "batch": None,
+    "output": None,
+}
 UPGRADE_HINTS = {
     "grid": ', or continue this one on its grid: [space] grid = "rank" (the default before the cost grid)',
     "strategy": ', or continue this one as it was made: [study] strategy = "per-layer" (the default before "allocate")',

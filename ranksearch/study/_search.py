@@ -11,11 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from torch import nn
 
+from ..adapters import BatchAdapter
 from ..cache import FactorCache
 from ..compress import apply_resolved
 from ..config import CompressionConfig
 from ..errors import RanksearchError
-from ..evaluator import Evaluator, EvaluatorSettings, Metric
+from ..evaluator import Evaluator, EvaluatorSettings, Loss, Metric
 from ..export import ExportedModel, export_config
 from ..latency import LatencySettings, LatencyTable
 from ..objectives import (
@@ -57,8 +58,11 @@ class RankSearch:
     Args:
         model: the trained model to compress (never modified).
         train_loader: training batches (BatchNorm recalibration and fine-tuning).
-        val_loader: validation batches (the accuracy objective).
-        objectives: two or more of ``accuracy``, ``macs``, ``params``, ``latency``.
+        val_loader: validation batches (the accuracy and fidelity objectives). Batches may be ``(inputs,
+            targets)``, tuples, lone tensors (no labels) or dicts (Hugging Face: ``labels`` is the target).
+        objectives: two or more of ``accuracy``, ``fidelity``, ``macs``, ``params``, ``latency``, with
+            ``accuracy`` or ``fidelity`` among them (``fidelity``: agreement with the dense model's outputs,
+            what a study without labels measures).
         storage: an Optuna storage URL (``{study_name}`` is filled in); None keeps the study in memory.
         study_name: the study's name in the storage; an existing study is resumed.
         space: methods, rank grid and layer selection.
@@ -79,6 +83,10 @@ class RankSearch:
         warm_start_configs: more configs to try first (e.g. from :mod:`ranksearch.heuristics`), each
             snapped to the nearest ranks on the search grid (with ``allocate``: evaluated as they are).
         metric: ``metric(logits, targets) -> float`` replacing top-1 accuracy (higher is better).
+        loss_fn: the brief fine-tune's loss ``loss_fn(outputs, targets)`` (default: cross-entropy).
+        adapter: how batches become model inputs and targets, and outputs the tensor metrics use
+            (:class:`~ranksearch.adapters.BatchAdapter`; the default understands tensors, tuples, dicts and
+            ``ModelOutput``s).
         cache: a shared factor cache.
         latency: how to measure latency; default for a ``latency`` objective: float32, batch 1, on the
             evaluator's device. Given without a latency objective, trials still record their predicted
@@ -108,6 +116,8 @@ class RankSearch:
         screen: int = DEFAULT_SCREEN,
         proxy: ProxySettings | None = None,
         metric: Metric | None = None,
+        loss_fn: Loss | None = None,
+        adapter: BatchAdapter | None = None,
         cache: FactorCache | None = None,
         latency: LatencySettings | None = None,
         heartbeat: int | None = HEARTBEAT_SECONDS,
@@ -128,9 +138,11 @@ class RankSearch:
         table = None if latency is None else LatencyTable(latency.table or default_latency_table(self.storage_url))
         self.train_loader = train_loader
         self.evaluator = Evaluator(
-            model, train_loader, val_loader, evaluator, metric=metric, cache=cache, latency=latency, latency_table=table
-        )
-        self.layers: dict[str, LayerChoices] = self.space.layers(model, self.evaluator.dense.input_shape)
+            model, train_loader, val_loader, evaluator, metric=metric, loss_fn=loss_fn, adapter=adapter, cache=cache,
+            latency=latency, latency_table=table, objectives=self.objectives,
+        )  # fmt: skip
+        # the evaluator's copy: attention unpacked into Linear projections, so they are searchable layers
+        self.layers: dict[str, LayerChoices] = self.space.layers(self.evaluator.model, self.evaluator.example_input)
         search = {"screen": screen, "proxy": asdict(proxy or ProxySettings())} if strategy == "allocate" else {}
         self.study = self._open_study(study_name, sampler, seed, heartbeat, latency, search)
         self.proposer = None
@@ -291,8 +303,8 @@ class RankSearch:
         return write_report(self.results(), folder, **options)
 
     def choose(self, **rule: object) -> Choice:
-        """The trial a rule picks (``trial=``, ``max_costs=``, ``min_accuracy=``, ``max_accuracy_drop=``,
-        ``knee=``); see :func:`ranksearch.report.choose`.
+        """The trial a rule picks (``trial=``, ``max_costs=``, ``min_accuracy=``, ``min_fidelity=``,
+        ``max_accuracy_drop=``, ``knee=``); see :func:`ranksearch.report.choose`.
         """
         return choose(self.results(), **rule)
 
