@@ -14,7 +14,7 @@ Nothing here downloads or caches anything on disk. The sources:
 
 Pixels are scaled to [0, 1], then normalized per channel with the training split's mean and std
 (stored in :class:`DataSplits`, so ``raw = image * std + mean``). ``limit_train`` / ``limit_val`` take
-a seeded, class-stratified subset that keeps the files' order.
+a seeded, class-stratified subset that keeps the files' order. :func:`loaders_from` takes a user's data.
 """
 
 from __future__ import annotations
@@ -24,18 +24,27 @@ import inspect
 import os
 import pickle
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .errors import RanksearchError
 
-__all__ = ["DataSplits", "available_datasets", "cifar10", "digits", "fashion_mnist", "load_dataset", "make_loaders"]
+__all__ = [
+    "DataSplits",
+    "available_datasets",
+    "cifar10",
+    "digits",
+    "fashion_mnist",
+    "load_dataset",
+    "loaders_from",
+    "make_loaders",
+]
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
@@ -351,16 +360,40 @@ def load_dataset(name: str, **options: object) -> DataSplits:
 def make_loaders(
     splits: DataSplits, batch_size: int = 128, eval_batch_size: int | None = None, seed: int = 0
 ) -> tuple[DataLoader, DataLoader]:
-    """(train loader, val loader): train shuffled by a ``seed``-ed generator, val in order; no worker processes.
-
-    The train order is deterministic for a seed (and differs from epoch to epoch). ``eval_batch_size``
-    defaults to ``batch_size``.
-    """
+    """(train loader, val loader): train shuffled by a ``seed``-ed generator (the same order for a seed, another
+    each epoch), val in order; no worker processes. ``eval_batch_size`` defaults to ``batch_size``."""
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if not isinstance(value, int) or value < 1:
             raise RanksearchError(f"{key} must be an integer >= 1, got {value!r}")
-    generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0)
-    val = DataLoader(splits.val, batch_size=eval_batch_size, shuffle=False, num_workers=0)
-    return train, val
+    train = _loader(splits.train, "train", batch_size, seed, shuffle=True)
+    return train, _loader(splits.val, "val", eval_batch_size, seed)
+
+
+def _loader(data: object, split: str, batch_size: int, seed: int, shuffle: bool = False) -> Iterable:
+    """``data`` if it is a DataLoader, else a loader of the Dataset it is (shuffled by a ``seed``-ed generator)."""
+    if isinstance(data, DataLoader):
+        return data
+    if not isinstance(data, Dataset):
+        raise RanksearchError(f"a {type(data).__name__} as the {split} split: give a torch DataLoader or Dataset")
+    shuffle = shuffle and not isinstance(data, IterableDataset)  # an iterable dataset keeps its own order
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+
+
+def loaders_from(data: object, batch_size: int, eval_batch_size: int, seed: int = 0) -> tuple[Iterable, Iterable]:
+    """(train, val) loaders from what a user's data factory (``[data] factory``) returns.
+
+    ``data`` is ``(train, val)``, ``{"train": train, "val": val}`` or a :class:`DataSplits`; each split a ``DataLoader``
+    (used as it is) or a ``Dataset`` (batched as :func:`make_loaders` does: train shuffled by a ``seed``-ed generator).
+    """
+    if isinstance(data, DataSplits):
+        return make_loaders(data, batch_size, eval_batch_size, seed)
+    if isinstance(data, Mapping) and set(data) == {"train", "val"}:
+        data = (data["train"], data["val"])
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        what = type(data).__name__
+        if isinstance(data, (Mapping, tuple, list)):
+            what += f" with keys {sorted(map(str, data))}" if isinstance(data, Mapping) else f" of {len(data)} items"
+        raise RanksearchError(f"a {what}: return (train, val) DataLoaders or Datasets, or a dict of 'train' and 'val'")
+    return _loader(data[0], "train", batch_size, seed, shuffle=True), _loader(data[1], "val", eval_batch_size, seed)

@@ -3,8 +3,9 @@
 ```toml
 [study]            # name, storage, objectives, n_trials, timeout, sampler, seed, strategy, targets, screen,
                    # warm_start, warm_start_heuristics
-[model]            # name (built-in) + options, or path (a torch.save'd nn.Module)
-[data]             # name (built-in dataset) + options, batch_size, eval_batch_size
+[model]            # name (built-in) | path (a torch.save'd nn.Module) | factory ("module:function") | torchvision |
+                   # timm | transformers, + options (keyword arguments), weights (a state dict file)
+[data]             # name (built-in dataset) | factory ("module:function"), + options, batch_size, eval_batch_size
 [training]         # training of a built-in model on first use: epochs, lr, batch_size, weight_decay, seed, augment,
                    # cache_dir
 [space]            # SearchSpace: methods, grid, cost_fractions, rank_fractions, rank_multiple, include, exclude, ...
@@ -14,8 +15,9 @@
 
 Each section maps onto one frozen dataclass (the search space and evaluator sections onto the very
 classes the Python API takes), so a key means the same thing in both places. Unknown keys, wrong types
-and bad values are errors that name the file, the section and the key. Relative paths are relative to
-the working directory.
+and bad values are errors that name the file, the section and the key. Relative paths (``[model] path``,
+``weights``, ``transformers``, storage, caches, data roots) are relative to the working directory; user code
+(``"module:function"``) is imported with the study file's folder importable (:mod:`ranksearch.usercode`).
 
 Renamed keys still work, with a ``FutureWarning`` that names the new one: ``[baseline]`` is now
 ``[training]`` (it trains the dense model), ``[study] warm_start_baselines`` is now
@@ -26,15 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import types
-import typing
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._tables import build_section
 from .errors import RanksearchError
 from .objectives import (
     DEFAULT_OBJECTIVES,
@@ -49,6 +48,7 @@ from .objectives import (
     check_targets,
     default_storage,
 )
+from .usercode import check_spec
 
 if TYPE_CHECKING:  # imported where a whole file is read: reading [study] alone needs no torch
     from .evaluator import EvaluatorSettings
@@ -62,6 +62,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "MODEL_SOURCES",
+    "USER_CODE_KEYS",
     "DataSection",
     "ModelSection",
     "StudyFile",
@@ -116,20 +118,51 @@ class StudySection:
         return self.storage or default_storage(self.name)
 
 
+MODEL_SOURCES = ("name", "path", "factory", "torchvision", "timm", "transformers")
+"""The ``[model]`` keys that say where the dense model comes from: exactly one is given."""
+USER_CODE_KEYS = ("metric", "loss", "batch", "output")
+"""``[evaluator]`` keys naming user code (``"module:function"``), where the settings class has them."""
+
+
 @dataclass(frozen=True)
 class ModelSection:
-    """``[model]``: a built-in model by ``name`` (with ``options``), or a ``path`` to a saved module."""
+    """``[model]``: where the dense model comes from, exactly one of
+
+    - ``name``: a built-in model, trained on first use (``[training]``);
+    - ``path``: a module saved with ``torch.save(model, path)``, used as it is;
+    - ``factory``: ``"module:function"`` returning an ``nn.Module`` (the study file's folder is importable);
+    - ``torchvision`` / ``timm``: a model name, built without pretrained weights (nothing is downloaded);
+    - ``transformers``: a local folder (``save_pretrained``) or ``config.json``; ``options.task`` picks the
+      ``AutoModelFor...`` class.
+
+    ``options`` are keyword arguments (of the built-in model, factory or zoo builder); ``weights`` is a state
+    dict file loaded into a factory's or zoo model (``torch.load(..., weights_only=True)``). Every model but a
+    built-in one is used as it comes, without training.
+    """
 
     name: str | None = None
     path: str | None = None
+    factory: str | None = None
+    torchvision: str | None = None
+    timm: str | None = None
+    transformers: str | None = None
     options: dict[str, object] = field(default_factory=dict)
+    weights: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The key of :data:`MODEL_SOURCES` that is given."""
+        return next(key for key in MODEL_SOURCES if getattr(self, key) is not None)
 
 
 @dataclass(frozen=True)
 class DataSection:
-    """``[data]``: a built-in dataset by ``name`` with ``options``, and the loaders' batch sizes."""
+    """``[data]``: a built-in dataset by ``name`` (``digits`` by default) or a ``factory`` (``"module:function"``
+    returning train and val data, see :func:`ranksearch.data.loaders_from`), its ``options`` (keyword arguments),
+    and the batch sizes of the loaders made from datasets."""
 
-    name: str = "digits"
+    name: str | None = None
+    factory: str | None = None
     options: dict[str, object] = field(default_factory=dict)
     batch_size: int = 64
     eval_batch_size: int = 256
@@ -163,83 +196,15 @@ class StudyFile:
         """The storage URL, defaulting to ``sqlite:///runs/<name>.db``."""
         return self.study.storage_url
 
+    @property
+    def folder(self) -> Path:
+        """The study file's folder: importable while the user code it names loads."""
+        return self.path.resolve().parent
+
 
 _SECTIONS = ("study", "model", "data", "training", "space", "evaluator", "latency")
 _RENAMED_SECTIONS = {"baseline": "training"}
 _RENAMED_STUDY_KEYS = {"warm_start_baselines": "warm_start_heuristics"}
-
-
-_NAMES = {int: "int", float: "number", str: "string", bool: "boolean", type(None): "nothing"}
-
-
-def _type_name(hint: object, article: bool = True) -> str:
-    """``"an int"``, ``"a list of strings"``, ``"a string or nothing"``... for error messages."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a, article) for a in typing.get_args(hint) if a is not type(None))
-    if origin is tuple:
-        return ("a " if article else "") + f"list of {_type_name(typing.get_args(hint)[0], article=False)}s"
-    if origin in (dict, Mapping) or hint is dict:
-        return ("a " if article else "") + "table"
-    name = _NAMES.get(hint, str(hint))
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}" if article else name
-
-
-def _coerce(value: object, hint: object) -> object:
-    """``value`` converted to ``hint`` (lists to tuples, ints to floats), or TypeError."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option)
-            except TypeError:
-                pass
-        raise TypeError
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise TypeError
-        item = typing.get_args(hint)[0]
-        return tuple(_coerce(v, item) for v in value)
-    if origin in (dict, Mapping) or hint is dict:
-        if not isinstance(value, dict):
-            raise TypeError
-        args = typing.get_args(hint)
-        return {k: _coerce(v, args[1]) for k, v in value.items()} if len(args) == 2 else dict(value)
-    if hint is object:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float) and isinstance(value, bool):
-        raise TypeError
-    if isinstance(hint, type) and isinstance(value, hint):
-        return value
-    raise TypeError
-
-
-def _build(cls: type, table: object, where: str) -> object:
-    """An instance of dataclass ``cls`` from a TOML table; errors name ``where`` and the key."""
-    if not isinstance(table, dict):
-        raise RanksearchError(f"{where} must be a table, got {type(table).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in table.items():
-        if key not in names:
-            close = get_close_matches(key, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(names)})"
-            raise RanksearchError(f"{where}: unknown key {key!r}{hint}")
-        try:
-            kwargs[key] = _coerce(value, hints[key])
-        except TypeError:
-            raise RanksearchError(
-                f"{where}: {key} must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
-            ) from None
-    try:
-        return cls(**kwargs)
-    except RanksearchError as error:
-        raise RanksearchError(f"{where}: {error}") from None
 
 
 def _check_study_section(study: StudySection, path: Path) -> None:
@@ -295,7 +260,7 @@ def _training_section(table: object, path: Path) -> TrainingSection:
     cache_dir = table.pop("cache_dir", TrainingSection.cache_dir)
     if not isinstance(cache_dir, str):
         raise RanksearchError(f"{path}: [training] cache_dir must be a string, got {cache_dir!r}")
-    train = _build(_settings_classes()["training"], table, f"{path}: [training]")
+    train = build_section(_settings_classes()["training"], table, f"{path}: [training]")
     return TrainingSection(train=train, cache_dir=cache_dir)
 
 
@@ -323,7 +288,7 @@ def _read_document(path: Path) -> dict:
 
 
 def _study_section(document: dict, path: Path) -> StudySection:
-    study = _build(StudySection, document.get("study", {}), f"{path}: [study]")
+    study = build_section(StudySection, document.get("study", {}), f"{path}: [study]")
     if not study.name:
         study = dataclasses.replace(study, name=path.stem)
     try:
@@ -351,28 +316,77 @@ def _settings_classes() -> dict[str, type]:
     return {"training": TrainSettings, "space": SearchSpace, "evaluator": EvaluatorSettings, "latency": LatencySettings}
 
 
+def _model_section(document: dict, path: Path) -> ModelSection:
+    table, keys = document.get("model", {}), [f.name for f in dataclasses.fields(ModelSection)]
+    unknown = [key for key in table if key not in keys] if isinstance(table, dict) else []
+    if unknown:  # most likely an argument of the model, one level too high
+        raise RanksearchError(
+            f"{path}: [model]: unknown key {unknown[0]!r} (valid: {', '.join(keys)}; the model's own arguments go in "
+            f"options = {{ {unknown[0]} = ... }})"
+        )
+    model = build_section(ModelSection, table, f"{path}: [model]")
+    given = [key for key in MODEL_SOURCES if getattr(model, key) is not None]
+    if len(given) != 1:
+        keys = "'name' (a built-in model), 'path', 'factory', 'torchvision', 'timm' or 'transformers'"
+        raise RanksearchError(
+            f"{path}: [model] needs exactly one of {keys}" + (f"; got {' and '.join(given)}" if given else "")
+        )
+    if model.factory is not None:
+        check_spec(model.factory, f"{path}: [model] factory")
+    elif not getattr(model, given[0]).strip():
+        raise RanksearchError(f"{path}: [model] {given[0]} is empty")
+    if model.weights is not None and given[0] in ("name", "path"):
+        why = "is trained by ranksearch ([training])" if given[0] == "name" else "holds its weights"
+        raise RanksearchError(
+            f"{path}: [model] weights goes with factory, torchvision, timm or transformers: a [model] {given[0]} "
+            f"model {why}"
+        )
+    return model
+
+
+def _data_section(document: dict, path: Path, model: ModelSection) -> DataSection:
+    data = build_section(DataSection, document.get("data", {}), f"{path}: [data]")
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(data, key) < 1:
+            raise RanksearchError(f"{path}: [data] {key} must be >= 1, got {getattr(data, key)}")
+    if data.factory is None:
+        return data if data.name is not None else dataclasses.replace(data, name="digits")
+    if data.name is not None:
+        raise RanksearchError(f"{path}: [data] needs one of 'name' (a built-in dataset) or 'factory', not both")
+    check_spec(data.factory, f"{path}: [data] factory")
+    if model.name is not None:
+        raise RanksearchError(
+            f"{path}: [model] name = {model.name!r} is a built-in model, trained on a built-in [data] name; with "
+            "[data] factory give your own trained model ([model] factory, path, torchvision, timm or transformers)"
+        )
+    return data
+
+
+def _evaluator_section(document: dict, path: Path, cls: type) -> EvaluatorSettings:
+    table = document.get("evaluator", {})
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in USER_CODE_KEYS:
+        if isinstance(table, dict) and key in table and key in fields:
+            check_spec(table[key], f"{path}: [evaluator] {key}")
+    return build_section(cls, table, f"{path}: [evaluator]")
+
+
 def load_study_file(path: str | Path) -> StudyFile:
     """Read and validate a study file."""
     path = Path(path)
     document = _read_document(path)
     study = _study_section(document, path)
-    model = _build(ModelSection, document.get("model", {}), f"{path}: [model]")
-    if (model.name is None) == (model.path is None):
-        raise RanksearchError(f"{path}: [model] needs exactly one of 'name' (a built-in model) or 'path'")
-    data = _build(DataSection, document.get("data", {}), f"{path}: [data]")
-    for key in ("batch_size", "eval_batch_size"):
-        if getattr(data, key) < 1:
-            raise RanksearchError(f"{path}: [data] {key} must be >= 1, got {getattr(data, key)}")
+    model = _model_section(document, path)
     classes = _settings_classes()
     return StudyFile(
         path=path,
         study=study,
         model=model,
-        data=data,
+        data=_data_section(document, path, model),
         training=_training_section(document.get("training", {}), path),
-        space=_build(classes["space"], document.get("space", {}), f"{path}: [space]"),
-        evaluator=_build(classes["evaluator"], document.get("evaluator", {}), f"{path}: [evaluator]"),
+        space=build_section(classes["space"], document.get("space", {}), f"{path}: [space]"),
+        evaluator=_evaluator_section(document, path, classes["evaluator"]),
         latency=None
         if "latency" not in document
-        else _build(classes["latency"], document["latency"], f"{path}: [latency]"),
+        else build_section(classes["latency"], document["latency"], f"{path}: [latency]"),
     )

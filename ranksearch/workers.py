@@ -3,7 +3,9 @@
 :func:`run_workers` starts ``workers`` processes of ``ranksearch run STUDY --worker K`` on a study that
 the caller has already prepared (dense model trained, warm starts queued), waits for them, and turns
 their exit statuses into one outcome. Each worker (:func:`run_worker`) opens the same study with its
-own sampler seed (the file's seed + K) and its share of the CPU threads.
+own sampler seed (the file's seed + K) and its share of the CPU threads. A worker rebuilds everything from the
+study file, in the caller's working directory: the user code it names is imported from the file's folder
+(:func:`ranksearch.runner.prepare`), the same model and data as the main process's.
 """
 
 from __future__ import annotations

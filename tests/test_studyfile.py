@@ -69,7 +69,7 @@ def test_defaults_and_conversions(tmp_path):
         (MINIMAL + "[training]\nepochs = 0\n", r"\[training\]: training setting epochs must be an int >= 1"),
         (MINIMAL + "[training]\ncache_dir = 3\n", r"\[training\] cache_dir must be a string"),
         ('[model]\nname = "m"\n[data]\nbatch_size = 0\n', r"\[data\] batch_size must be >= 1"),
-        ('[data]\nname = "digits"\n', r"\[model\] needs exactly one of 'name' \(a built-in model\) or 'path'"),
+        ('[data]\nname = "digits"\n', r"\[model\] needs exactly one of 'name' \(a built-in model\), 'path', 'factory'"),
         ('[model]\nname = "a"\npath = "b"\n', r"\[model\] needs exactly one of"),
         ("study = 3\n", r"\[study\] must be a table, got int"),
     ],
