@@ -3,8 +3,9 @@
 - ``ranksearch run STUDY.toml``: run (or continue) the study a file describes, print its Pareto front and
   write its report.
 - ``ranksearch report STUDY.toml`` (or ``--storage URL --study NAME``): tables, figures and the HTML dashboard.
-- ``ranksearch export STUDY.toml --knee`` (or ``--trial N``, ``--max-macs F``, ``--min-accuracy A``...): the
-  chosen config as JSON and the compressed model (optionally fine-tuned longer, optionally ONNX).
+- ``ranksearch export STUDY.toml --knee`` (or ``--trial N``, ``--max-macs F``, ``--min-accuracy A``,
+  ``--min-fidelity F``...): the chosen config as JSON and the compressed model (optionally fine-tuned longer,
+  optionally ONNX).
 - ``ranksearch layers``: which layers of a built-in model can be compressed, how, and up to which rank.
 - ``ranksearch demo``: compress a built-in model with a hand-written config and print the cost table.
 """
@@ -24,6 +25,7 @@ from .errors import RanksearchError
 if TYPE_CHECKING:  # imported where used: `ranksearch report` needs neither torch nor tensorly
     from .report import StudyResults
     from .study import RankSearch
+    from .studyfile import StudyFile
 
 __all__ = ["main"]
 
@@ -107,7 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     pick.add_argument("--max-latency", type=float, metavar="F", help="predicted latency at most F x dense")
     pick.add_argument("--min-accuracy", type=float, metavar="A", help="cheapest trial with accuracy >= A")
     pick.add_argument("--max-accuracy-drop", type=float, metavar="D", help="cheapest trial within D of dense")
-    pick.add_argument("--knee", action="store_true", help="the knee of the accuracy / cost front")
+    pick.add_argument(
+        "--min-fidelity", type=float, metavar="F",
+        help="cheapest trial whose outputs agree with the dense model's at least F (in [0, 1]; fidelity studies)",
+    )  # fmt: skip
+    pick.add_argument("--knee", action="store_true", help="the knee of the quality / cost front")
     export.add_argument("--out", help="output folder (default: the report's folder/trial-<N>)")
     export.add_argument("--epochs", type=int, default=0, help="fine-tune the chosen model for E more epochs")
     export.add_argument("--lr", type=float, default=0.01, help="peak learning rate of --epochs (default: 0.01)")
@@ -187,12 +193,19 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 def _run_study(args: argparse.Namespace) -> None:
-    from .runner import prepare_search  # imports Optuna: only for the commands that need it
-    from .storage import beside_storage
     from .studyfile import load_study_file
-    from .workers import check_local_workers, run_worker, run_workers
+    from .usercode import importable
 
     study_file = load_study_file(args.study_file)
+    with importable(study_file.folder):  # the user code it names, and whatever that imports as trials run
+        _run_loaded_study(args, study_file)
+
+
+def _run_loaded_study(args: argparse.Namespace, study_file: StudyFile) -> None:
+    from .runner import prepare_search  # imports Optuna: only for the commands that need it
+    from .storage import beside_storage
+    from .workers import check_local_workers, run_worker, run_workers
+
     budget = study_file.study.n_trials if args.n_trials is None else args.n_trials
     if budget < 1:
         raise RanksearchError(f"--n-trials must be >= 1, got {budget}")
@@ -232,9 +245,10 @@ def _run_study(args: argparse.Namespace) -> None:
 
 def _print_study_header(search: RankSearch, name: str, budget: int, todo: int, workers: int) -> None:
     dense = search.evaluator.dense
+    quality = f"dense accuracy {dense.accuracy:.4f}" if search.evaluator.labels else "no labels (quality: fidelity)"
     print(
         f"study {name!r} in {search.storage_url}: {len(search.layers)} layers searched, "
-        f"dense accuracy {dense.accuracy:.4f}, {dense.macs:,} MACs, {dense.params:,} params; "
+        f"{quality}, {dense.macs:,} MACs, {dense.params:,} params; "
         f"{budget - todo}/{budget} trials done, running {todo}"
         + (f" on {workers} workers" if workers > 1 and todo else "")
     )
@@ -260,8 +274,9 @@ def _print_front(results: StudyResults) -> None:
     print(front[["trial", *dict.fromkeys(columns)]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     targets = results.best_per_target()
     if not targets.empty:
-        shown = [c for c in ("cost", "target", "trial", "accuracy", "macs", "params", "methods") if c in targets]
-        print("\nBest per target (the most accurate trial within each budget; export one with --trial N):")
+        wanted = ("cost", "target", "trial", *results.qualities, "macs", "params", "methods")
+        shown = [c for c in dict.fromkeys(wanted) if c in targets]
+        print(f"\nBest per target (the highest {results.quality} within each budget; export one with --trial N):")
         print(targets[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="none"))
 
 
@@ -332,6 +347,7 @@ def _export(args: argparse.Namespace) -> None:
     from .runner import prepare
     from .study import load_results
     from .studyfile import load_study_file
+    from .usercode import importable
 
     study_file = load_study_file(args.study_file)
     storage = args.storage or study_file.storage
@@ -344,10 +360,13 @@ def _export(args: argparse.Namespace) -> None:
         if cap is not None
     }
     rule = {"trial": args.trial, "max_costs": caps, "min_accuracy": args.min_accuracy,
-            "max_accuracy_drop": args.max_accuracy_drop, "knee": args.knee}  # fmt: skip
+            "max_accuracy_drop": args.max_accuracy_drop, "min_fidelity": args.min_fidelity,
+            "knee": args.knee}  # fmt: skip
     choose(results, **rule)  # a rule no trial meets fails here, before the model and data are loaded
-    prepared = prepare(study_file, storage=storage)
-    prepared.search.export(args.out, epochs=args.epochs, lr=args.lr, onnx=args.onnx, builtin=prepared.builtin, **rule)
+    with importable(study_file.folder):  # the user code it names
+        prepared = prepare(study_file, storage=storage)
+        options = {"epochs": args.epochs, "lr": args.lr, "onnx": args.onnx, "builtin": prepared.builtin}
+        prepared.search.export(args.out, **options, **rule)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,18 +1,23 @@
 """Exporting a chosen config: rebuild it, check it against the study's record, optionally fine-tune it
 longer, and save its config, compressed model and (optionally) ONNX graph. No Optuna here.
 
+The qualities an export reports are those the study measured: ``accuracy`` with labels, ``fidelity`` (the
+agreement with the dense model's outputs) when the study asked for it or its batches carry no labels.
+
 :meth:`ranksearch.RankSearch.export` picks the trial and calls :func:`export_config`;
 ``ranksearch export`` is a thin shell over that method.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
+from .adapters import batch_size, first_samples, to_device
 from .config import CompressionConfig
 from .errors import RanksearchError
 from .evaluator import Evaluator
@@ -20,6 +25,8 @@ from .finetune import finetune_epochs
 from .saving import save
 
 __all__ = ["ExportedModel", "export_config"]
+
+QUALITIES = ("accuracy", "fidelity")
 
 
 @dataclass
@@ -31,9 +38,10 @@ class ExportedModel:
     model_path: Path
     model: nn.Module = field(repr=False)
     metadata: dict[str, object]
-    """Provenance and measurements saved with the weights: study, trial, rule, recorded and final accuracy,
-    MACs and params (absolute and as fractions of dense); with a fine-tune its epochs, lr and the
-    accuracy before it."""
+    """Provenance and measurements saved with the weights: study, trial, rule, the measured qualities
+    (``accuracy`` with labels, ``fidelity`` where the study measured it) as recorded (``<quality>_recorded``)
+    and as rebuilt, MACs and params (absolute and as fractions of dense); with a fine-tune its epochs, lr
+    and the qualities before it (``<quality>_before``)."""
     onnx_path: Path | None = None
     onnx_max_abs_diff: float | None = None
     """Largest |onnxruntime - torch| output difference on one validation input (None: not checked)."""
@@ -60,10 +68,12 @@ def export_config(
         evaluator: the study's evaluator (its model, factor cache, validation data and brief fine-tune).
         config: the config to export.
         folder: where to write (created).
-        recorded: the study's row of this trial (``macs_count``, ``params_count``, ``accuracy``): the
-            rebuilt model must have exactly these MACs and params, or the model differs from the study's.
+        recorded: the study's row of this trial (``macs_count``, ``params_count``, ``accuracy`` and/or
+            ``fidelity``): the rebuilt model must have exactly these MACs and params, or the model differs
+            from the study's.
         train_loader: batches for the longer fine-tune (needed when ``epochs`` > 0).
-        epochs: fine-tune the rebuilt model this many more epochs (cosine decay from ``lr``).
+        epochs: fine-tune the rebuilt model this many more epochs (cosine decay from ``lr``), with the
+            evaluator's loss, batch adapter and, for batches without labels, distillation from its dense model.
         onnx: also write ``model.onnx`` and compare it with torch (needs ``ranksearch[onnx]``).
         builtin: ``{"name", "options"}`` of a built-in model, so the saved file loads without the base model.
         metadata: provenance to save with the weights (study, storage, trial, rule...).
@@ -91,6 +101,20 @@ def export_config(
     return exported
 
 
+def _finite(values: Mapping[str, object]) -> dict[str, float]:
+    """The finite values among ``values`` (a quality not measured is None or NaN)."""
+    return {name: float(v) for name, v in values.items() if v is not None and math.isfinite(float(v))}
+
+
+def _qualities_text(values: Mapping[str, float], recorded: Mapping[str, float] | None = None) -> str:
+    """``accuracy 0.9100 (recorded 0.9100), fidelity 0.9800 (recorded 0.9800)``."""
+    parts = []
+    for quality, value in values.items():
+        note = f" (recorded {recorded[quality]:.4f})" if recorded is not None and quality in recorded else ""
+        parts.append(f"{quality} {value:.4f}{note}")
+    return ", ".join(parts) or "no quality measured"
+
+
 def _rebuild(
     evaluator: Evaluator,
     config: CompressionConfig,
@@ -104,20 +128,21 @@ def _rebuild(
     if result.failure is not None:
         raise RanksearchError(f"trial {trial} could not be rebuilt: {result.failure}")
     facts = dict(metadata)
+    was = None if recorded is None else _finite({q: recorded.get(q) for q in QUALITIES})
     if recorded is not None:
         if (result.macs, result.params) != (recorded["macs_count"], recorded["params_count"]):
             raise RanksearchError(
                 f"trial {trial} recorded {recorded['macs_count']:,} MACs / {recorded['params_count']:,} params but "
                 f"its config gives {result.macs:,} / {result.params:,} here: the model differs from the study's"
             )
-        facts["accuracy_recorded"] = float(recorded["accuracy"])
+        facts.update({f"{quality}_recorded": value for quality, value in was.items()})
+    qualities = _finite({q: getattr(result, q) for q in QUALITIES})
     log(
         f"rebuilt trial {trial}: {result.macs:,} MACs ({result.macs_ratio:.1%} of dense), {result.params:,} "
-        f"params ({result.params_ratio:.1%}); accuracy {result.accuracy:.4f}"
-        + ("" if recorded is None else f" (recorded {float(recorded['accuracy']):.4f})")
+        f"params ({result.params_ratio:.1%}); {_qualities_text(qualities, was)}"
     )
     facts.update(
-        accuracy=result.accuracy,
+        **qualities,
         macs=result.macs,
         params=result.params,
         macs_ratio=result.macs_ratio,
@@ -135,11 +160,23 @@ def _finetune(
     facts: dict[str, object],
     log: Callable[[str], None],
 ) -> None:
-    before = facts["accuracy"]
-    finetune_epochs(model, train_loader, epochs=epochs, lr=lr, device=evaluator.settings.device)
-    after = evaluator.measure(model)
-    facts.update(finetune_epochs=epochs, finetune_lr=lr, accuracy=after, accuracy_before=before)
-    log(f"fine-tuned {epochs} epochs: accuracy {before:.4f} -> {after:.4f} (dense {evaluator.dense.accuracy:.4f})")
+    """Fine-tune ``model`` in place as the study's brief fine-tune does (the evaluator's loss and batch adapter;
+    batches without labels distilled from the dense model), then measure the qualities the rebuild measured."""
+    before = {quality: facts[quality] for quality in QUALITIES if quality in facts}
+    finetune_epochs(
+        model, train_loader, epochs=epochs, lr=lr, device=evaluator.settings.device, loss_fn=evaluator.loss_fn,
+        adapter=evaluator.adapter, teacher=evaluator.model, fidelity=evaluator.fidelity_kind,
+        temperature=evaluator.settings.distill_temperature, log=log,
+    )  # fmt: skip
+    measure = {"accuracy": evaluator.measure, "fidelity": evaluator.measure_fidelity}
+    dense = {"accuracy": evaluator.dense.accuracy, "fidelity": 1.0}
+    changes = []
+    for quality, value in before.items():
+        facts[quality] = after = measure[quality](model)
+        facts[f"{quality}_before"] = value
+        changes.append(f"{quality} {value:.4f} -> {after:.4f} (dense {dense[quality]:.4f})")
+    facts.update(finetune_epochs=epochs, finetune_lr=lr)
+    log(f"fine-tuned {epochs} epochs: {', '.join(changes) or 'no quality measured'}")
 
 
 def _folder(folder: str | Path) -> Path:
@@ -154,7 +191,8 @@ def _folder(folder: str | Path) -> Path:
 def _export_onnx(evaluator: Evaluator, exported: ExportedModel, log: Callable[[str], None]) -> None:
     from .onnx_export import export_onnx  # onnx and onnxruntime are an optional extra
 
-    example = evaluator.val_batches[0][0][:1].cpu()
+    inputs = evaluator.val_batches[0][0]  # a tensor, or a tuple or dict of them (one validation sample kept)
+    example = to_device(first_samples(inputs, 1, batch_size(inputs)), "cpu")
     onnx = export_onnx(exported.model, example, exported.folder / "model.onnx")
     exported.onnx_path, exported.onnx_max_abs_diff = onnx.path, onnx.max_abs_diff
     diff = onnx.max_abs_diff

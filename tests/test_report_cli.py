@@ -57,6 +57,7 @@ def test_report_from_a_study_file_or_a_storage(study, tmp_path, capsys):
         (["export", "{path}", "--trial", "99"], r"no trial 99 \(finished trials are 0\.\.3\)"),
         (["export", "{path}", "--max-macs", "0.0001"], "no trial has macs <= 0.0001 of dense; the cheapest"),
         (["export", "{path}", "--min-accuracy", "1.01"], "no trial reaches accuracy 1.0100; the best is trial"),
+        (["export", "{path}", "--min-fidelity", "0.9"], r"min_fidelity: study 'tiny' measured no fidelity"),
         (["export", "{path}"], "say which trial"),
         (["export", "{path}", "--knee", "--epochs", "-1"], "--epochs must be >= 0"),
     ],

@@ -1,9 +1,10 @@
 """The study dashboard: one self-contained HTML file (plotly.js inlined once) that works offline.
 
 It holds the figures, the Pareto front as a sortable table, the hypervolume with its reference point,
-the dense baseline, the study's settings and the commands to export a chosen trial. The first script
-records JavaScript errors in ``window.__ranksearchErrors`` and in ``<pre id="ranksearch-js-errors">``
-so a headless browser (the test suite) can check the page rendered cleanly.
+the dense baseline, the study's settings and the commands to export a chosen trial. Its quality is the
+study's (:attr:`StudyResults.quality`: accuracy, else fidelity), the other quality shown where measured.
+The first script records JavaScript errors in ``window.__ranksearchErrors`` and in
+``<pre id="ranksearch-js-errors">`` so a headless browser (the test suite) can check the page rendered cleanly.
 """
 
 from __future__ import annotations
@@ -104,13 +105,17 @@ def _layers_text(results: StudyResults, row: pd.Series) -> str:
 
 def _pareto_table(results: StudyResults) -> str:
     front = results.pareto()
+    stages = [
+        ("accuracy_zero_shot", "accuracy zero-shot", False),
+        ("accuracy_recalibrated", "accuracy BN-recalibrated", False),
+    ]
     columns = [
         ("trial", "trial", False),
         *((o, o, False) for o in results.objectives),
+        *((q, q, False) for q in results.qualities if q not in results.objectives),
         ("macs_reduction", "MACs reduction (x)", False),
         ("params_reduction", "params reduction (x)", False),
-        ("accuracy_zero_shot", "accuracy zero-shot", False),
-        ("accuracy_recalibrated", "accuracy BN-recalibrated", False),
+        *(stages if "accuracy" in results.qualities else []),  # measured with labels only
         ("methods", "layers per method", True),
         ("layers", "compressed layers (method:rank)", True),
     ]
@@ -132,12 +137,12 @@ def _pareto_table(results: StudyResults) -> str:
 
 
 def _targets_section(results: StudyResults, study_file: str | None) -> str:
-    """The "Best per target" section: per budget the study named, the most accurate trial within it."""
+    """The "Best per target" section: per budget the study named, the best trial (highest quality) within it."""
     best = results.best_per_target()
     if best.empty:
         return ""
     extra = [c for c in ("latency", "methods") if c in best.columns]
-    columns = ["cost", "target", "trial", "accuracy", "value", "macs", "params", *extra]
+    columns = ["cost", "target", "trial", *results.qualities, "value", "macs", "params", *extra]
     labels = {"value": "cost reached", "methods": "layers per method", "target": "target (x dense)"}
     head = "".join(f'<th class="{"text" if c in ("cost", "methods") else ""}">{labels.get(c, c)}</th>' for c in columns)
     rows = []
@@ -155,8 +160,9 @@ def _targets_section(results: StudyResults, study_file: str | None) -> str:
                 f'<td class="{"text" if column in ("cost", "methods") else ""}" data-value="{sort_key}">{shown}</td>'
             )
         rows.append(f"<tr>{''.join(cells)}</tr>")
+    best_trial = "most accurate" if results.quality == "accuracy" else f"highest-{results.quality}"
     return f"""<h2>Best per target</h2>
-<p class="muted">For each budget the study named: the most accurate completed trial whose cost is at most the
+<p class="muted">For each budget the study named: the {best_trial} completed trial whose cost is at most the
 target (a fraction of the dense model); ties go to the cheaper trial.{_target_export(best, study_file)}</p>
 <table class="sortable" id="targets-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
 """
@@ -191,16 +197,40 @@ def _cards(results: StudyResults) -> str:
         ("trials", f"{completed} completed", f"{failed} failed, {duplicates} repeated configs (measured once)"),
         ("Pareto front", f"{len(results.pareto())} configs", f"over {', '.join(results.objectives)}"),
         ("hypervolume", f"{results.hypervolume():.4f}", f"reference point: {reference} (dense cost = 1.0)"),
-        ("dense accuracy", f"{dense['accuracy']:.4f}", "on the evaluator's validation batches"),
+        *_quality_cards(results),
         *_latency_cards(results),
         ("dense cost", f"{int(dense['macs']):,} MACs",
-         f"{int(dense['params']):,} parameters, input {tuple(dense['input_shape'])}"),
+         f"{int(dense['params']):,} parameters, input {_shape_text(dense.get('input_shape'))}"),
     ]  # fmt: skip
     return "".join(
         f'<div class="card"><span class="muted">{html.escape(t)}</span><b>{html.escape(v)}</b>'
         f'<span class="muted">{html.escape(s)}</span></div>'
         for t, v, s in cards
     )
+
+
+def _shape_text(shape: object) -> str:
+    """An input shape as stored: ``(1, 3, 32, 32)`` for one tensor, ``input_ids (1, 16), attention_mask (1, 16)``
+    for a dict of inputs, ``[(1, 4), (1, 3)]`` for a tuple of them."""
+    if isinstance(shape, Mapping):
+        return ", ".join(f"{key} {_shape_text(value)}" for key, value in shape.items())
+    if isinstance(shape, (list, tuple)):
+        if all(isinstance(size, int) for size in shape):
+            return str(tuple(shape))
+        return "[" + ", ".join(_shape_text(item) for item in shape) + "]"
+    return str(shape)
+
+
+def _quality_cards(results: StudyResults) -> list[tuple[str, str, str]]:
+    """The dense accuracy (when measured) and, for a study with fidelity, what the fidelity is."""
+    cards = []
+    accuracy = results.dense_quality("accuracy")
+    if math.isfinite(accuracy):
+        cards.append(("dense accuracy", f"{accuracy:.4f}", "on the evaluator's validation batches"))
+    if "fidelity" in (*results.objectives, *results.qualities):
+        kind = (results.settings.get("evaluator") or {}).get("fidelity", "auto")
+        cards.append(("fidelity", f"{kind} agreement", "with the dense model's outputs, in [0, 1] (dense = 1.0)"))
+    return cards
 
 
 def _latency_cards(results: StudyResults) -> list[tuple[str, str, str]]:
@@ -223,13 +253,21 @@ def _export_hint(results: StudyResults, study_file: str | None) -> str:
         return "<p>No completed trial yet.</p>"
     source = study_file or "STUDY.toml"  # export rebuilds the model: it needs the study file
     knee = choose(results, knee=True)
+    quality = results.quality
+    best = "most accurate" if quality == "accuracy" else f"highest {quality}"
     lines = [
         f"ranksearch export {source} --knee            # {knee.rule}",
         f"ranksearch export {source} --trial {knee.trial}",
-        f"ranksearch export {source} --max-macs 0.5     # most accurate at <= 50% of the dense MACs",
-        f"ranksearch export {source} --min-accuracy {results.dense['accuracy'] - 0.01:.3f}",
+        f"ranksearch export {source} --max-macs 0.5     # {best} at <= 50% of the dense MACs",
+        f"ranksearch export {source} --min-{quality} {results.dense_quality() - 0.01:.3f}",
     ]
     return "<pre>" + html.escape("\n".join(lines)) + "</pre>"
+
+
+def _quality_note(results: StudyResults) -> str:
+    if results.quality == "accuracy":
+        return "Accuracy"
+    return "Fidelity (the agreement of the compressed model's outputs with the dense model's, 1.0 = the same)"
 
 
 def dashboard_html(results: StudyResults, figures: Mapping[str, go.Figure], *, study_file: str | None = None) -> str:
@@ -259,8 +297,8 @@ def dashboard_html(results: StudyResults, figures: Mapping[str, go.Figure], *, s
 (FLOPs = 2 x MACs). Hover a point for its per-layer config.</p>
 {"".join(blocks)}
 <h2>Pareto front</h2>
-<p class="muted">Click a column to sort. Accuracy is measured after the brief fine-tune on the evaluator's
-fixed validation batches.</p>
+<p class="muted">Click a column to sort. {_quality_note(results)} is measured after the brief fine-tune on the
+evaluator's fixed validation batches.</p>
 {_pareto_table(results)}
 {_targets_section(results, study_file)}<h2>Export a configuration</h2>
 {_export_hint(results, study_file)}

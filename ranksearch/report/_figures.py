@@ -1,7 +1,8 @@
 """Plotly figures of a study, drawn from :class:`StudyResults` (all the computing happens there).
 
 Each function returns a ``plotly.graph_objects.Figure``; :func:`figures` returns all that apply to a
-study, keyed by a file-name-safe name, in the order the dashboard shows them.
+study, keyed by a file-name-safe name, in the order the dashboard shows them. The quality axis is the
+study's :attr:`~StudyResults.quality` (accuracy, or fidelity for a study without it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from plotly.colors import sample_colorscale
 
 from ..record import DENSE
 from ._pareto import pareto_mask
-from ._results import QUALITY, StudyResults, layer_columns
+from ._results import StudyResults, layer_columns
 
 __all__ = [
     "figures",
@@ -37,6 +38,7 @@ COST_AXIS_MAX = 1.1
 """Cost axes stop here by default (the dense model is at 1.0)."""
 LABELS = {
     "accuracy": "accuracy",
+    "fidelity": "fidelity (agreement with the dense model)",
     "macs": "MACs (fraction of dense)",
     "params": "parameters (fraction of dense)",
     "latency": "latency (fraction of dense, predicted)",
@@ -52,13 +54,15 @@ Hover = dict[int, str]
 
 
 def hover_texts(results: StudyResults) -> Hover:
-    """Per completed trial: number, objectives, then each compressed layer's method, rank and fraction."""
+    """Per completed trial: number, objectives (and the other measured quality), then each compressed layer's
+    method, rank and fraction."""
     frame = results.completed()
     columns = [layer_columns(layer) for layer in results.layers]
+    shown = [*results.objectives, *(q for q in results.qualities if q not in results.objectives)]
     texts = {}
     for row in frame.to_dict("records"):
         lines = [f"<b>trial {int(row['trial'])}</b>"]
-        lines += [f"{o}: {row[o]:.4f}" for o in results.objectives]
+        lines += [f"{o}: {row[o]:.4f}" for o in shown]
         dense = 0
         for layer, (method_col, rank_col, fraction_col) in zip(results.layers, columns, strict=True):
             if row[method_col] == DENSE:
@@ -78,62 +82,63 @@ def _hover(results: StudyResults, frame: pd.DataFrame, hover: Hover | None) -> l
 
 
 def pareto_scatter(results: StudyResults, cost: str, hover: Hover | None = None) -> go.Figure:
-    """Accuracy against one cost: every trial in grey, the front of this pair joined, the dense model starred."""
-    frame = results.completed()
+    """The quality against one cost: every trial in grey, the front of this pair joined, the dense model starred."""
+    frame, quality = results.completed(), results.quality
+    dense = results.dense_quality()
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
-            x=frame[cost], y=frame[QUALITY], mode="markers", name="trials",
+            x=frame[cost], y=frame[quality], mode="markers", name="trials",
             marker={"color": "rgba(120,120,120,0.45)", "size": 7},
             hovertext=_hover(results, frame, hover), hoverinfo="text",
         )
     )  # fmt: skip
     if not frame.empty:
-        pair = pareto_mask(frame[[QUALITY, cost]].to_numpy(dtype=float), ["maximize", "minimize"])
-        front = frame[pair].sort_values([cost, QUALITY])
+        pair = pareto_mask(frame[[quality, cost]].to_numpy(dtype=float), ["maximize", "minimize"])
+        front = frame[pair].sort_values([cost, quality])
         fig.add_trace(
             go.Scatter(
-                x=front[cost], y=front[QUALITY], mode="lines+markers", name=f"Pareto front ({len(front)})",
+                x=front[cost], y=front[quality], mode="lines+markers", name=f"Pareto front ({len(front)})",
                 line={"shape": "hv", "color": "#d62728"}, marker={"size": 9, "color": "#d62728"},
                 hovertext=_hover(results, front, hover), hoverinfo="text",
             )
         )  # fmt: skip
     fig.add_trace(
         go.Scatter(
-            x=[1.0], y=[results.dense["accuracy"]], mode="markers", name="dense model",
+            x=[1.0], y=[dense], mode="markers", name="dense model",
             marker={"symbol": "star", "size": 16, "color": "#1f77b4"},
-            hovertext=[f"dense model<br>accuracy {results.dense['accuracy']:.4f}"], hoverinfo="text",
+            hovertext=[f"dense model<br>{quality} {dense:.4f}"], hoverinfo="text",
         )
     )  # fmt: skip
-    title = f"Accuracy vs {_label(cost)}"
+    title = f"{quality.capitalize()} vs {_label(cost)}"
     beyond = int((frame[cost] > COST_AXIS_MAX).sum())
     if beyond:  # configs costlier than dense squash the interesting part: keep them off the default view
         fig.update_xaxes(range=[0, COST_AXIS_MAX])
         title += f" ({beyond} trial(s) above {COST_AXIS_MAX:g}x dense off the axis: zoom out to see them)"
-    fig.update_layout(title=title, xaxis_title=_label(cost), yaxis_title="accuracy", **LAYOUT)
+    fig.update_layout(title=title, xaxis_title=_label(cost), yaxis_title=_label(quality), **LAYOUT)
     return fig
 
 
 def pareto_3d(results: StudyResults, hover: Hover | None = None) -> go.Figure:
-    """Accuracy against two costs in 3-D, Pareto points in red, the dense model starred."""
+    """The quality against two costs in 3-D, Pareto points in red, the dense model starred."""
     x, y = results.costs[:2]
-    frame = results.completed()
+    frame, quality = results.completed(), results.quality
     colors = np.where(frame["is_pareto"], "#d62728", "rgba(120,120,120,0.5)")
     fig = go.Figure(
         [
             go.Scatter3d(
-                x=frame[x], y=frame[y], z=frame[QUALITY], mode="markers", name="trials (Pareto in red)",
+                x=frame[x], y=frame[y], z=frame[quality], mode="markers", name="trials (Pareto in red)",
                 marker={"size": 4, "color": colors}, hovertext=_hover(results, frame, hover), hoverinfo="text",
             ),
             go.Scatter3d(
-                x=[1.0], y=[1.0], z=[results.dense["accuracy"]], mode="markers", name="dense model",
+                x=[1.0], y=[1.0], z=[results.dense_quality()], mode="markers", name="dense model",
                 marker={"size": 7, "symbol": "diamond", "color": "#1f77b4"},
             ),
         ]
     )  # fmt: skip
     fig.update_layout(
-        title="Accuracy vs both costs",
-        scene={"xaxis_title": _label(x), "yaxis_title": _label(y), "zaxis_title": "accuracy"},
+        title=f"{quality.capitalize()} vs both costs",
+        scene={"xaxis_title": _label(x), "yaxis_title": _label(y), "zaxis_title": _label(quality)},
         **{**LAYOUT, "height": 560},
     )
     return fig
@@ -151,7 +156,8 @@ def layer_heatmap(results: StudyResults) -> go.Figure:
         cols = [layer_columns(layer) for layer in results.layers]
         z.append([row[f] if pd.notna(row[f]) else np.nan for _, _, f in cols])
         text.append([METHOD_LETTERS.get(row[m], row[m]) for m, _, _ in cols])
-    labels = [f"#{int(t)} · {row[QUALITY]:.3f}" for t, (_, row) in zip(front["trial"], front.iterrows(), strict=True)]
+    quality = results.quality
+    labels = [f"#{int(t)} · {row[quality]:.3f}" for t, (_, row) in zip(front["trial"], front.iterrows(), strict=True)]
     fig = go.Figure(
         go.Heatmap(
             z=z, x=list(results.layers), y=labels, text=text, texttemplate="%{text}", zmin=0, zmax=1,
@@ -162,7 +168,7 @@ def layer_heatmap(results: StudyResults) -> go.Figure:
     fig.update_layout(
         title="Pareto configs per layer: method (letter) and kept-rank fraction (colour)",
         xaxis_title="layer",
-        yaxis_title=f"trial · accuracy (cheapest {results.primary_cost} first)",
+        yaxis_title=f"trial · {quality} (cheapest {results.primary_cost} first)",
         xaxis={"type": "category"},  # layer names such as "0.0", "3", "10" are names, not numbers
         yaxis={"autorange": "reversed", "type": "category"},
         **{**LAYOUT, "height": max(320, 140 + 24 * len(front))},
@@ -171,22 +177,22 @@ def layer_heatmap(results: StudyResults) -> go.Figure:
 
 
 def rank_parallel_coordinates(results: StudyResults) -> go.Figure:
-    """Per-layer kept-rank fractions (dense = 1) of every completed trial, one line each, coloured by accuracy."""
-    frame = results.completed()
+    """Per-layer kept-rank fractions (dense = 1) of every completed trial, one line each, coloured by the quality."""
+    frame, quality = results.completed(), results.quality
     dimensions = [
         {"label": layer, "values": frame[layer_columns(layer)[2]].fillna(1.0), "range": [0, 1]}
         for layer in results.layers
     ]
-    accuracy = frame[QUALITY]
-    dimensions.append({"label": "accuracy", "values": accuracy})
+    values = frame[quality]
+    dimensions.append({"label": quality, "values": values})
     fig = go.Figure(
         go.Parcoords(
-            line={"color": accuracy, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": "accuracy"}},
+            line={"color": values, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": quality}},
             dimensions=dimensions,
         )
     )
     fig.update_layout(
-        title="Kept-rank fraction per layer, coloured by accuracy",
+        title=f"Kept-rank fraction per layer, coloured by {quality}",
         **{**LAYOUT, "margin": {**LAYOUT["margin"], "t": 110}},
     )
     return fig
@@ -207,13 +213,14 @@ def hypervolume_figure(results: StudyResults) -> go.Figure:
 
 
 def finetune_effect(results: StudyResults, hover: Hover | None = None) -> go.Figure:
-    """Accuracy before (after BatchNorm recalibration, else zero-shot) vs after the brief fine-tune."""
+    """Accuracy before (after BatchNorm recalibration, else zero-shot) vs after the brief fine-tune (the stages
+    are measured with labels only: :func:`figures` leaves this figure out of a study without accuracy)."""
     frame = results.completed()
     before = frame["accuracy_recalibrated"].fillna(frame["accuracy_zero_shot"])
     cost = results.primary_cost
     fig = go.Figure(
         go.Scatter(
-            x=before, y=frame[QUALITY], mode="markers", name="trials",
+            x=before, y=frame["accuracy"], mode="markers", name="trials",
             marker={"color": frame[cost], "colorscale": "Plasma", "showscale": True, "colorbar": {"title": cost}},
             hovertext=_hover(results, frame, hover), hoverinfo="text",
         )
@@ -261,10 +268,10 @@ def latency_check_figure(results: StudyResults) -> go.Figure:
     return fig
 
 
-def _curve_hover(curve: pd.DataFrame) -> list[str]:
+def _curve_hover(curve: pd.DataFrame, metric: str) -> list[str]:
     return [
         f"<b>{html.escape(r.layer)}</b> · {html.escape(r.method)}<br>kept rank {r.fraction:.0%}, "
-        f"layer cost {r.cost:.1%} of dense<br>loss +{r.loss_increase:.4f} · accuracy {r.metric:.4f}"
+        f"layer cost {r.cost:.1%} of dense<br>loss +{r.loss_increase:.4f} · {metric} {r.metric:.4f}"
         f"<br>{'measured' if r.measured else 'interpolated'}"
         for r in curve.itertuples()
     ]
@@ -290,6 +297,7 @@ def sensitivity_figure(results: StudyResults) -> go.Figure:
     order = list(dict.fromkeys([*(layer for layer in results.layers if layer in set(frame["layer"])), *frame["layer"]]))
     colors = sample_colorscale("Viridis", [i / max(1, len(order) - 1) for i in range(len(order))])
     methods = list(dict.fromkeys(frame["method"]))
+    metric = "accuracy" if "accuracy" in results.qualities else "fidelity"  # the proxy: fidelity without labels
     fig, trace_methods = go.Figure(), []
     for number, method in enumerate(methods):
         dash = DASHES[number % len(DASHES)]
@@ -304,7 +312,7 @@ def sensitivity_figure(results: StudyResults) -> go.Figure:
                     legendgroup=method, legendgrouptitle_text=method,
                     marker={"color": colors[index], "size": 7,
                             "symbol": ["circle" if m else "circle-open" for m in curve["measured"]]},
-                    hovertext=_curve_hover(curve), hoverinfo="text",
+                    hovertext=_curve_hover(curve, metric), hoverinfo="text",
                 )
             )  # fmt: skip
             trace_methods.append(method)
@@ -323,8 +331,8 @@ def sensitivity_figure(results: StudyResults) -> go.Figure:
 
 def figures(results: StudyResults) -> dict[str, go.Figure]:
     """Every figure that applies to the study, by name: ``pareto_<cost>`` per cost, ``pareto_3d`` with two
-    costs, ``layers``, ``parallel``, ``hypervolume``, ``finetune``, then ``latency_check`` with timed
-    trials and ``sensitivity`` with per-layer sensitivity curves.
+    costs, ``layers``, ``parallel``, ``hypervolume``, ``finetune`` (when the study measured accuracy), then
+    ``latency_check`` with timed trials and ``sensitivity`` with per-layer sensitivity curves.
     """
     hover = hover_texts(results)
     out = {f"pareto_{cost}": pareto_scatter(results, cost, hover) for cost in results.costs}
@@ -333,7 +341,8 @@ def figures(results: StudyResults) -> dict[str, go.Figure]:
     out["layers"] = layer_heatmap(results)
     out["parallel"] = rank_parallel_coordinates(results)
     out["hypervolume"] = hypervolume_figure(results)
-    out["finetune"] = finetune_effect(results, hover)
+    if "accuracy" in results.qualities:
+        out["finetune"] = finetune_effect(results, hover)
     if not results.latency_check().empty:
         out["latency_check"] = latency_check_figure(results)
     if not results.sensitivity().empty:

@@ -4,8 +4,14 @@
 it from an Optuna study (the only place that reads Optuna); everything here is pandas and numpy, so
 results can also be built from any list of trial records (tests, benchmarks, other tools).
 
-Objective values: ``accuracy`` is maximized; cost objectives (``macs``, ``params``) are minimized
-fractions of the dense model's, so the dense model sits at 1.0 on every cost axis.
+Objective values: the qualities ``accuracy`` and ``fidelity`` are maximized; cost objectives (``macs``,
+``params``, ``latency``) are minimized fractions of the dense model's, so the dense model sits at 1.0 on
+every cost axis.
+
+The quality a report ranks by (:attr:`StudyResults.quality`) is ``accuracy`` when it is an objective, else
+``fidelity`` (a label-free study, or one that asked for fidelity alone). The other quality is shown beside it
+wherever the study measured it (:attr:`StudyResults.qualities`): a study with both objectives ranks by
+accuracy and shows fidelity; a fidelity study with labels ranks by fidelity and shows accuracy.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RanksearchError
+from ..objectives import QUALITY_OBJECTIVES
 from ..record import DENSE, TrialRecord
 from ._pareto import hypervolume, hypervolume_history, pareto_mask, to_minimization
 from ._targets import best_rows, sensitivity_frame
@@ -27,13 +34,23 @@ from ._targets import best_rows, sensitivity_frame
 if TYPE_CHECKING:
     from ..config import CompressionConfig
 
-__all__ = ["QUALITY", "StudyResults", "TrialRecord", "config_summary", "layer_columns", "trials_table"]
-
-QUALITY = "accuracy"
-"""The one maximized objective; every other objective is a cost."""
+__all__ = ["StudyResults", "TrialRecord", "config_summary", "headline_quality", "layer_columns", "trials_table"]
 
 MEASUREMENTS = ("accuracy_zero_shot", "accuracy_recalibrated", "accuracy_finetuned")
 LATENCY_COLUMNS = ("latency_ratio", "latency_reduction", "latency_ms", "latency_measured_ms")
+
+
+def headline_quality(objectives: Sequence[str]) -> str:
+    """The quality a study is ranked by: ``accuracy`` when it is an objective, else ``fidelity``."""
+    return "accuracy" if "accuracy" in objectives or "fidelity" not in objectives else "fidelity"
+
+
+def _shown_qualities(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[str]:
+    """The qualities the trials table shows besides the objectives: ``accuracy`` always (NaN without labels),
+    ``fidelity`` when a trial stored it."""
+    return [
+        q for q in QUALITY_OBJECTIVES if q not in objectives and (q == "accuracy" or any(q in r.attrs for r in records))
+    ]
 
 
 def config_summary(config: Mapping[str, object]) -> str:
@@ -58,7 +75,8 @@ def _rank_text(rank: object) -> str | None:
 def trials_table(
     records: Sequence[TrialRecord], objectives: Sequence[str], directions: Sequence[str], layers: Sequence[str]
 ) -> pd.DataFrame:
-    """One row per trial: objectives, measurements, ratios, ``is_pareto`` and per-layer method/rank/fraction.
+    """One row per trial: objectives, the other measured quality, measurements, ratios, ``is_pareto`` and
+    per-layer method/rank/fraction.
 
     ``is_pareto`` is computed over the objectives and directions among completed trials; a duplicate
     (a config measured by an earlier trial, ``duplicate_of`` set) shares its original's flag. Columns
@@ -66,10 +84,12 @@ def trials_table(
     their inverses ("4.0x fewer"); ``macs_count``/``params_count`` absolute MACs (multiply-accumulates,
     FLOPs = 2 x MACs) and parameters; with latency settings, ``latency_ms`` (predicted from the latency
     table), ``latency_ratio``, ``latency_reduction`` and ``latency_measured_ms`` (the whole model timed,
-    on sampled and Pareto trials). Rows are in trial order.
+    on sampled and Pareto trials). A quality that is not an objective follows the objectives: ``accuracy``
+    always (NaN without labels), ``fidelity`` when trials stored it. Rows are in trial order.
     """
-    rows = [{**_trial_row(record, objectives), **_layer_cells(record, layers)} for record in records]
-    columns = ["trial", *objectives, "state", *MEASUREMENTS]
+    shown = _shown_qualities(records, objectives)
+    rows = [{**_trial_row(record, objectives, shown), **_layer_cells(record, layers)} for record in records]
+    columns = ["trial", *objectives, *shown, "state", *MEASUREMENTS]
     for cost in ("macs", "params"):
         columns += [f"{cost}_ratio", f"{cost}_reduction", f"{cost}_count"]
     columns += list(LATENCY_COLUMNS)
@@ -77,7 +97,7 @@ def trials_table(
     columns += [c for layer in layers for c in layer_columns(layer)]
     frame = pd.DataFrame(rows, columns=columns)
     numeric = ("macs_ratio", "params_ratio", "macs_reduction", "params_reduction", *LATENCY_COLUMNS)
-    for column in ("duplicate_of", *MEASUREMENTS, *numeric, *objectives):
+    for column in ("duplicate_of", *MEASUREMENTS, *numeric, *objectives, *shown):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     complete = (frame["state"] == "complete").to_numpy() if len(frame) else np.zeros(0, dtype=bool)
     mask = np.zeros(len(frame), dtype=bool)
@@ -95,11 +115,12 @@ def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
 
 
-def _trial_row(record: TrialRecord, objectives: Sequence[str]) -> dict[str, object]:
-    """A trial's objectives and measurements (stored NaN accuracies come back as None)."""
+def _trial_row(record: TrialRecord, objectives: Sequence[str], shown: Sequence[str]) -> dict[str, object]:
+    """A trial's objectives, the ``shown`` qualities and measurements (stored NaN accuracies come back as None)."""
     m = record.measurements
     values = record.values if record.values is not None else (math.nan,) * len(objectives)
     row: dict[str, object] = {"trial": record.number, **dict(zip(objectives, values, strict=True))}
+    row.update({quality: getattr(m, quality) for quality in shown})
     row["state"] = record.state
     for key in MEASUREMENTS:
         row[key] = getattr(m, key) if key in record.attrs else None
@@ -138,16 +159,16 @@ class StudyResults:
     Attributes:
         name: the study's name.
         storage: its storage URL (None for an in-memory study).
-        objectives: objective names in the study's order; ``"accuracy"`` is maximized, the rest are
-            costs as fractions of the dense model.
+        objectives: objective names in the study's order; the qualities (``"accuracy"``, ``"fidelity"``)
+            are maximized, the rest are costs as fractions of the dense model.
         directions: ``"maximize"``/``"minimize"`` per objective.
         trials: :func:`trials_table` of every finished trial.
         layers: the searched layers, in model order.
         dense: the dense model as measured by the evaluator: ``accuracy``, ``macs``, ``params``, ``input_shape``.
         settings: how the study was run (sampler, evaluator settings, search space), for the report.
         configs: trial number -> the config's JSON dict (the exact config each trial evaluated).
-        reference_accuracy: the accuracy coordinate of the hypervolume reference point (its cost
-            coordinates are the dense model's costs, 1.0).
+        reference_accuracy: the quality coordinate (accuracy and fidelity alike, both in [0, 1]) of the
+            hypervolume reference point (its cost coordinates are the dense model's costs, 1.0).
     """
 
     name: str
@@ -175,9 +196,9 @@ class StudyResults:
         settings: Mapping[str, object] | None = None,
         reference_accuracy: float = 0.0,
     ) -> StudyResults:
-        """Results from trial records (directions default to maximize accuracy, minimize the rest)."""
+        """Results from trial records (directions default to maximize the qualities, minimize the rest)."""
         objectives = tuple(objectives)
-        directions = tuple(directions or ("maximize" if o == QUALITY else "minimize" for o in objectives))
+        directions = tuple(directions or ("maximize" if o in QUALITY_OBJECTIVES else "minimize" for o in objectives))
         configs = {r.number: r.attrs["config"] for r in records if r.attrs.get("config")}
         table = trials_table(records, objectives, directions, layers)
         return cls(
@@ -187,9 +208,30 @@ class StudyResults:
 
     # --- views ---------------------------------------------------------------------------------
     @property
+    def quality(self) -> str:
+        """The quality the study is ranked by: ``accuracy`` when it is an objective, else ``fidelity``."""
+        return headline_quality(self.objectives)
+
+    @property
+    def qualities(self) -> tuple[str, ...]:
+        """:attr:`quality` first, then the other quality where a completed trial measured it."""
+        frame = self.completed()
+        others = [q for q in QUALITY_OBJECTIVES if q != self.quality and q in frame.columns and frame[q].notna().any()]
+        return (self.quality, *others)
+
+    def dense_quality(self, quality: str | None = None) -> float:
+        """The dense model's ``quality`` (default :attr:`quality`): its accuracy (NaN when not measured), or its
+        fidelity, 1.0 by definition."""
+        quality = quality or self.quality
+        if quality == "fidelity":
+            return 1.0
+        value = self.dense.get("accuracy")
+        return math.nan if value is None else float(value)
+
+    @property
     def costs(self) -> tuple[str, ...]:
-        """The cost objectives (every objective but accuracy)."""
-        return tuple(o for o in self.objectives if o != QUALITY)
+        """The cost objectives (every objective but the qualities)."""
+        return tuple(o for o in self.objectives if o not in QUALITY_OBJECTIVES)
 
     @property
     def primary_cost(self) -> str:
@@ -243,18 +285,19 @@ class StudyResults:
         )
 
     def best_per_target(self, targets: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
-        """The most accurate completed trial within each budget target: what to ship at each budget.
+        """The best completed trial (highest :attr:`quality`) within each budget target: what to ship at each budget.
 
         ``targets`` maps a cost (``macs``, ``params``, ``latency``) to fractions of the dense model, e.g.
         ``{"macs": [0.1, 0.25]}``; by default the targets the study was run with (``settings["targets"]``).
-        One row per (cost, target): ``cost``, ``target``, ``trial``, ``accuracy``, ``value`` (the trial's
-        cost of that kind), ``macs``, ``params`` (and ``latency`` when recorded) as fractions of dense, and
+        One row per (cost, target): ``cost``, ``target``, ``trial``, the :attr:`qualities` (``accuracy``
+        and/or ``fidelity``), ``value`` (the trial's cost of that kind), ``macs``, ``params`` (and
+        ``latency`` when recorded) as fractions of dense, and
         ``methods``. Ties go to the cheaper trial in that cost, then the lower number; ``trial`` is missing
         (``<NA>``) where no trial meets the target. An unknown cost kind or a fraction outside (0, 1)
         raises :class:`RanksearchError`.
         """
         chosen = self.settings.get("targets") if targets is None else targets
-        return best_rows(self.completed(), chosen or {}, QUALITY)
+        return best_rows(self.completed(), chosen or {}, self.qualities)
 
     def sensitivity(self) -> pd.DataFrame:
         """The per-layer sensitivity curves the study measured (``allocate`` strategy), one row per point:
@@ -265,8 +308,8 @@ class StudyResults:
 
     # --- hypervolume -----------------------------------------------------------------------------
     def reference_point(self) -> dict[str, float]:
-        """The hypervolume reference: ``reference_accuracy`` and the dense model's cost (1.0) per cost."""
-        return {o: (self.reference_accuracy if o == QUALITY else 1.0) for o in self.objectives}
+        """The hypervolume reference: ``reference_accuracy`` per quality and the dense model's cost (1.0) per cost."""
+        return {o: (self.reference_accuracy if o in QUALITY_OBJECTIVES else 1.0) for o in self.objectives}
 
     def _minimized(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         points = to_minimization(frame[list(self.objectives)].to_numpy(dtype=float), self.directions)
@@ -278,8 +321,8 @@ class StudyResults:
     def hypervolume(self) -> float:
         """Volume the front dominates up to :meth:`reference_point` (objectives as they are stored).
 
-        With accuracy in [0, 1] and costs as fractions of dense, the largest possible value is
-        ``dense accuracy - reference_accuracy`` only if a config kept dense accuracy at zero cost.
+        With the quality in [0, 1] and costs as fractions of dense, the largest possible value is
+        ``dense quality - reference_accuracy`` only if a config kept the dense quality at zero cost.
         """
         frame = self.completed()
         if frame.empty:

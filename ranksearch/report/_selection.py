@@ -1,13 +1,16 @@
 """Picking the trial to ship: by number, or by a rule over the measured trials.
 
-Rules (combinable): cost caps as fractions of the dense model (``max_costs={"macs": 0.5}``), an
-accuracy floor (absolute ``min_accuracy`` or ``max_accuracy_drop`` below dense), and the goal:
+Rules (combinable): cost caps as fractions of the dense model (``max_costs={"macs": 0.5}``), quality
+floors (an accuracy floor, absolute ``min_accuracy`` or ``max_accuracy_drop`` below dense, and a fidelity
+floor ``min_fidelity``, in [0, 1] where the dense model is 1.0; each needs the study to have measured that
+quality, and both may be given), and the goal:
 
-- with an accuracy floor: the cheapest trial that reaches it (primary cost, then accuracy);
-- ``knee=True``: the knee of the accuracy / primary-cost front among the trials the caps allow;
-- otherwise: the most accurate trial under the caps (then the cheapest).
+- with a floor: the cheapest trial that reaches every floor (primary cost, then the study's quality);
+- ``knee=True``: the knee of the quality / primary-cost front among the trials the caps allow;
+- otherwise: the best trial under the caps (highest quality, then the cheapest).
 
-When no trial satisfies a rule the error names the closest one.
+The quality is :attr:`StudyResults.quality`: ``accuracy`` when it is an objective, else ``fidelity``. When
+no trial satisfies a rule the error names the closest one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pandas as pd
 
 from ..errors import RanksearchError
 from ._pareto import pareto_mask
-from ._results import QUALITY, StudyResults
+from ._results import StudyResults
 
 __all__ = ["Choice", "choose", "knee_point"]
 
@@ -38,8 +41,13 @@ class Choice:
 
 
 def _describe(row: pd.Series, results: StudyResults) -> str:
+    qualities = [f"{q} {row[q]:.4f}" for q in results.qualities if pd.notna(row.get(q))]
     costs = ", ".join(f"{c} {row[f'{c}_ratio']:.3f}" for c in COSTS if pd.notna(row.get(f"{c}_ratio")))
-    return f"trial {int(row['trial'])} (accuracy {row[QUALITY]:.4f}, {costs} of dense)"
+    return f"trial {int(row['trial'])} ({', '.join([*qualities, costs])} of dense)"
+
+
+def _best_words(quality: str) -> str:
+    return "most accurate" if quality == "accuracy" else f"highest {quality}"
 
 
 def knee_point(accuracy: np.ndarray, cost: np.ndarray) -> int:
@@ -75,47 +83,49 @@ def choose(
     min_accuracy: float | None = None,
     max_accuracy_drop: float | None = None,
     knee: bool = False,
+    min_fidelity: float | None = None,
 ) -> Choice:
     """The trial a rule picks among completed trials (each config once); see the module docstring."""
     max_costs = dict(max_costs or {})
-    _check_rule(trial, max_costs, min_accuracy, max_accuracy_drop, knee)
+    floors = {"min_accuracy": min_accuracy, "max_accuracy_drop": max_accuracy_drop, "min_fidelity": min_fidelity}
+    _check_rule(trial, max_costs, floors, knee)
     if trial is not None:
         return _by_number(results, trial)
     candidates = results.completed()
     if candidates.empty:
         raise RanksearchError(f"study {results.name!r} has no completed trial to choose from")
     candidates, rules = _under_caps(results, candidates, max_costs)
-    if min_accuracy is not None or max_accuracy_drop is not None:
-        floor = _floor(results, min_accuracy, max_accuracy_drop)
-        pick, rule = _cheapest_reaching(results, candidates, floor, rules)
+    quality = results.quality
+    if any(value is not None for value in floors.values()):
+        pick, rule = _cheapest_reaching(results, candidates, _floors(results, **floors), rules)
     elif knee:
-        index = knee_point(candidates[QUALITY].to_numpy(), candidates[_cost_column(results)].to_numpy())
-        pick, rule = candidates.iloc[index], f"knee of accuracy vs {results.primary_cost}"
+        index = knee_point(candidates[quality].to_numpy(), candidates[_cost_column(results)].to_numpy())
+        pick, rule = candidates.iloc[index], f"knee of {quality} vs {results.primary_cost}"
     else:
-        order = [QUALITY, _cost_column(results), "trial"]
-        pick, rule = candidates.sort_values(order, ascending=[False, True, True]).iloc[0], "most accurate"
+        order = [quality, _cost_column(results), "trial"]
+        pick, rule = candidates.sort_values(order, ascending=[False, True, True]).iloc[0], _best_words(quality)
     rules.append(rule)
     return Choice(int(pick["trial"]), f"{_describe(pick, results)}: {', '.join(rules)}", pick)
 
 
-def _check_rule(
-    trial: int | None, max_costs: dict[str, float], min_accuracy: float | None, max_drop: float | None, knee: bool
-) -> None:
+def _check_rule(trial: int | None, max_costs: dict[str, float], floors: dict[str, float | None], knee: bool) -> None:
     """Refuse a trial number with a rule, no rule at all, and rules that contradict each other."""
-    floor = min_accuracy is not None or max_drop is not None
-    ruled = bool(max_costs) or floor or knee
+    given = [name for name, value in floors.items() if value is not None]
+    ruled = bool(max_costs) or bool(given) or knee
     if trial is not None:
         if ruled:
-            raise RanksearchError("give either a trial number or a rule (cost caps, accuracy floor, knee), not both")
+            raise RanksearchError("give either a trial number or a rule (cost caps, quality floors, knee), not both")
         return
     if not ruled:
         raise RanksearchError(
-            "say which trial: a trial number, a cost cap (e.g. max macs 0.5), an accuracy floor, or the knee"
+            "say which trial: a trial number, a cost cap (e.g. max macs 0.5), an accuracy or fidelity floor, "
+            "or the knee"
         )
-    if min_accuracy is not None and max_drop is not None:
+    if "min_accuracy" in given and "max_accuracy_drop" in given:
         raise RanksearchError("give min_accuracy or max_accuracy_drop, not both")
-    if knee and floor:
-        raise RanksearchError("the knee rule picks its own accuracy: drop the accuracy floor, or drop knee")
+    if knee and given:
+        what = "accuracy" if given[0] != "min_fidelity" else "fidelity"
+        raise RanksearchError(f"the knee rule picks its own {what}: drop the {what} floor, or drop knee")
 
 
 def _cost_column(results: StudyResults) -> str:
@@ -146,36 +156,68 @@ def _under_caps(
 
 
 def _cheapest_reaching(
-    results: StudyResults, candidates: pd.DataFrame, floor: float, rules: list[str]
+    results: StudyResults, candidates: pd.DataFrame, floors: dict[str, float], rules: list[str]
 ) -> tuple[pd.Series, str]:
-    """The cheapest candidate (primary cost) at accuracy ``floor`` or above; an error names the best one."""
-    cost_column = _cost_column(results)
-    reaching = candidates[candidates[QUALITY] >= floor - 1e-12]
+    """The cheapest candidate (primary cost) at or above every floor (``{quality: floor}``); an error names the
+    best one in the first floor's quality."""
+    cost_column, quality = _cost_column(results), results.quality
+    reaching = candidates
+    for column, floor in floors.items():
+        reaching = reaching[reaching[column] >= floor - 1e-12]
+    wanted = " and ".join(f"{column} {floor:.4f}" for column, floor in floors.items())
     if reaching.empty:
-        best = candidates.sort_values([QUALITY, cost_column], ascending=[False, True]).iloc[0]
+        first = next(iter(floors))
+        best = candidates.sort_values([first, cost_column], ascending=[False, True]).iloc[0]
         where = f" with {' and '.join(rules)}" if rules else ""
-        raise RanksearchError(f"no trial{where} reaches accuracy {floor:.4f}; the best is {_describe(best, results)}")
-    pick = reaching.sort_values([cost_column, QUALITY, "trial"], ascending=[True, False, True]).iloc[0]
-    return pick, f"accuracy >= {floor:.4f}, cheapest in {results.primary_cost}"
+        raise RanksearchError(f"no trial{where} reaches {wanted}; the best is {_describe(best, results)}")
+    pick = reaching.sort_values([cost_column, quality, "trial"], ascending=[True, False, True]).iloc[0]
+    reached = ", ".join(f"{column} >= {floor:.4f}" for column, floor in floors.items())
+    return pick, f"{reached}, cheapest in {results.primary_cost}"
 
 
-def _floor(results: StudyResults, min_accuracy: float | None, max_drop: float | None) -> float:
-    if min_accuracy is not None:
-        if (
-            isinstance(min_accuracy, bool)
-            or not isinstance(min_accuracy, (int, float))
-            or not math.isfinite(min_accuracy)
-        ):
-            raise RanksearchError(f"min_accuracy must be a finite number, got {min_accuracy!r}")
-        return float(min_accuracy)
+def _number(name: str, value: object, what: str, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a finite float in [low, high], or an error ``"<name> must be <what>, got <value>"``."""
     if (
-        isinstance(max_drop, bool)
-        or not isinstance(max_drop, (int, float))
-        or not math.isfinite(max_drop)
-        or max_drop < 0
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
     ):
-        raise RanksearchError(f"max_accuracy_drop must be a number >= 0, got {max_drop!r}")
-    return float(results.dense["accuracy"]) - float(max_drop)
+        raise RanksearchError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def _floors(
+    results: StudyResults, min_accuracy: float | None, max_accuracy_drop: float | None, min_fidelity: float | None
+) -> dict[str, float]:
+    """The floors given, validated, as ``{quality column: floor}`` (accuracy first)."""
+    floors = {}
+    if min_accuracy is not None:
+        floors["accuracy"] = _number("min_accuracy", min_accuracy, "a finite number")
+        _require_quality(results, "accuracy", "min_accuracy")
+    elif max_accuracy_drop is not None:
+        drop = _number("max_accuracy_drop", max_accuracy_drop, "a number >= 0", low=0.0)
+        _require_quality(results, "accuracy", "max_accuracy_drop")
+        floors["accuracy"] = results.dense_quality("accuracy") - drop
+    if min_fidelity is not None:
+        floors["fidelity"] = _number("min_fidelity", min_fidelity, "a number in [0, 1] (the dense model: 1.0)", 0, 1)
+        _require_quality(results, "fidelity", "min_fidelity")
+    return floors
+
+
+def _require_quality(results: StudyResults, quality: str, option: str) -> None:
+    """An error when the study measured no ``quality``, saying which floor it can take instead."""
+    if quality in results.qualities and (quality == "fidelity" or math.isfinite(results.dense_quality(quality))):
+        return
+    if quality == "accuracy":
+        raise RanksearchError(
+            f"{option}: study {results.name!r} measured no accuracy (its batches carry no labels); its quality is "
+            "fidelity, the agreement with the dense model's outputs: give a fidelity floor (min_fidelity, e.g. 0.95)"
+        )
+    raise RanksearchError(
+        f"{option}: study {results.name!r} measured no fidelity (objectives {', '.join(results.objectives)}): "
+        "give an accuracy floor (min_accuracy or max_accuracy_drop), or run a study with the objective 'fidelity'"
+    )
 
 
 def _by_number(results: StudyResults, trial: int) -> Choice:

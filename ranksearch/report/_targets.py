@@ -7,7 +7,7 @@ study named; ``sensitivity_frame`` reads the per-layer curves the study stored
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,18 +18,23 @@ from ..objectives import TARGET_KINDS, check_targets
 __all__ = ["TARGET_COLUMNS", "best_rows", "sensitivity_frame"]
 
 TARGET_COLUMNS = ("cost", "target", "trial", "accuracy", "value", "macs", "params")
-"""Columns of :func:`best_rows` (``latency`` and ``methods`` follow when the study has them)."""
+"""Columns of :func:`best_rows` of an accuracy study (``latency`` and ``methods`` follow when the study has them;
+a study of another quality has its qualities in place of ``accuracy``)."""
 SENSITIVITY_COLUMNS = ("layer", "method", "fraction", "cost", "loss", "metric", "measured")
 TOLERANCE = 1e-12
 """A trial at exactly the target (up to float noise) meets it."""
 
 
-def best_rows(completed: pd.DataFrame, targets: object, quality: str = "accuracy") -> pd.DataFrame:
-    """Per (cost kind, target): the most accurate of ``completed`` with ``<kind>_ratio <= target``.
+def best_rows(completed: pd.DataFrame, targets: object, quality: str | Sequence[str] = "accuracy") -> pd.DataFrame:
+    """Per (cost kind, target): the trial of ``completed`` with the highest quality and ``<kind>_ratio <= target``.
 
-    Ties go to the cheaper trial in that cost, then the lower trial number. A target no trial meets gets a row
-    with ``trial`` missing. ``targets`` is validated like a study's (:func:`ranksearch.objectives.check_targets`).
+    ``quality`` is the column ranked by, or a sequence of quality columns: the first ranks, the others are
+    shown beside it. Ties go to the cheaper trial in that cost, then the lower trial number. A target no trial
+    meets gets a row with ``trial`` missing. ``targets`` is validated like a study's
+    (:func:`ranksearch.objectives.check_targets`).
     """
+    qualities = [quality] if isinstance(quality, str) else list(quality)
+    quality = qualities[0]
     checked = check_targets(_as_dict(targets))
     kinds = [k for k in TARGET_KINDS if k not in ("macs", "params")]
     extra = [k for k in kinds if k in checked or completed[f"{k}_ratio"].notna().any()]
@@ -44,13 +49,13 @@ def best_rows(completed: pd.DataFrame, targets: object, quality: str = "accuracy
             row = {"cost": kind, "target": target}
             if not meeting.empty:
                 pick = meeting.iloc[0]
-                row.update(trial=int(pick["trial"]), accuracy=pick[quality], value=pick[column])
+                row.update({"trial": int(pick["trial"]), **{q: pick[q] for q in qualities}, "value": pick[column]})
                 row.update({c: pick[f"{c}_ratio"] for c in ("macs", "params", *extra) if c != "methods"})
                 row.update({"methods": pick["methods"]} if "methods" in extra else {})
             rows.append(row)
-    frame = pd.DataFrame(rows, columns=[*TARGET_COLUMNS, *extra])
+    frame = pd.DataFrame(rows, columns=["cost", "target", "trial", *qualities, *TARGET_COLUMNS[4:], *extra])
     frame["trial"] = frame["trial"].astype("Int64")
-    for column in ("target", "accuracy", "value", "macs", "params", *(c for c in extra if c != "methods")):
+    for column in ("target", *qualities, "value", "macs", "params", *(c for c in extra if c != "methods")):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import RanksearchError
+from ..record import jsonable
 from ._dashboard import write_dashboard
 from ._figures import figures as make_figures
 from ._results import StudyResults
@@ -56,6 +57,7 @@ def _write_tables(results: StudyResults, folder: Path) -> tuple[list[Path], list
         "storage": results.storage,
         "objectives": list(results.objectives),
         "directions": list(results.directions),
+        "quality": results.quality,
         "trials": len(trials),
         "completed": int((trials["state"] == "complete").sum()) if len(trials) else 0,
         "pareto_trials": [int(t) for t in results.pareto()["trial"]],
@@ -65,7 +67,8 @@ def _write_tables(results: StudyResults, folder: Path) -> tuple[list[Path], list
         "best_per_target": _target_summary(results),
     }
     written.append(folder / "summary.json")
-    written[-1].write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    # NaN (the dense accuracy of a study without labels) as null: summary.json stays strict JSON
+    written[-1].write_text(json.dumps(jsonable(summary), indent=2, default=str) + "\n", encoding="utf-8")
     return written, notes
 
 
