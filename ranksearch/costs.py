@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .adapters import describe
+from .attention import searchable_view
 from .decompositions import FactorizedLayer
 from .tracing import InputShape, ModuleCall, is_shape, trace_calls
 
@@ -102,13 +103,16 @@ def count(model: nn.Module, input_shape: InputShape, *, dtype: torch.dtype | Non
 
     Runs one forward pass under ``torch.no_grad()`` with the model in eval mode (its train/eval
     state is restored), on the device and dtype of its first parameter unless ``dtype`` is given
-    (see :func:`~ranksearch.tracing.trace_calls`).
+    (see :func:`~ranksearch.tracing.trace_calls`). An ``nn.MultiheadAttention`` runs its projections as
+    functions, not modules: it is counted as its unpacked equivalent (:func:`~ranksearch.attention.searchable_view`),
+    so its q/k/v/out projections are in the count, as they are in a compressed copy.
     """
     given_shape = is_shape(input_shape)
     shape = tuple(int(s) for s in input_shape) if given_shape else input_shape
-    leaves = [name for name, m in model.named_modules() if not list(m.children()) or hasattr(m, "count_macs")]
-    calls = trace_calls(model, shape, leaves, dtype=dtype)
-    table = _layer_table(model, calls)
+    traced = searchable_view(model)  # shares the weights; the model itself when it has no attention to unpack
+    leaves = [name for name, m in traced.named_modules() if not list(m.children()) or hasattr(m, "count_macs")]
+    calls = trace_calls(traced, shape, leaves, dtype=dtype)
+    table = _layer_table(traced, calls)
     params = sum(p.numel() for p in model.parameters())
     described = shape if given_shape else describe(input_shape)
     return CostReport(macs=int(table["macs"].sum()), params=params, table=table, input_shape=described)

@@ -36,7 +36,7 @@ __all__ = [
     "zoo_model",
 ]
 
-ZOO_INSTALL = "pip install -c constraints.txt -e '.[zoo]'"
+ZOO_INSTALL = "pip install -c constraints-zoo.txt -e '.[zoo]' (docs/ZOO.md: with a CPU torch)"
 """How to install the zoo packages (torchvision, timm, transformers): said by every error that misses one."""
 
 

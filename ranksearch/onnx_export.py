@@ -114,6 +114,10 @@ def _quiet_exporter() -> Iterator[None]:
     logger = logging.getLogger(_REGISTRATION_LOGGER)
     notice_filter = _DropTorchvisionNotice()
     logger.addFilter(notice_filter)
+    # onnxscript's optimizer tries to fold constants and logs each node it cannot (BERT's reshapes): not an error
+    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
+    folding_level = folding.level
+    folding.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             # torch 2.13's own torch.export deep-copies its module call graph, whose pytree specs trip the
@@ -127,6 +131,7 @@ def _quiet_exporter() -> Iterator[None]:
             yield
     finally:
         logger.removeFilter(notice_filter)
+        folding.setLevel(folding_level)
 
 
 def _flatten(output: object) -> list[torch.Tensor]:
@@ -137,8 +142,14 @@ def _flatten(output: object) -> list[torch.Tensor]:
         return [t for item in output for t in _flatten(item)]
     if isinstance(output, dict):
         return [t for item in output.values() for t in _flatten(item)]
+    hint = ""
+    if "Cache" in type(output).__name__:  # transformers' DynamicCache & co: the decoder's key/value cache
+        hint = (
+            " (a Hugging Face decoder returns its key/value cache: build it with config.use_cache=False, "
+            "or export a module that returns only the logits)"
+        )
     raise OnnxExportError(
-        f"model output must be tensors (or tuples, lists, dicts of them), got {type(output).__name__}"
+        f"model output must be tensors (or tuples, lists, dicts of them), got {type(output).__name__}{hint}"
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,15 @@ VERSION = 1
 def base_signature(model: nn.Module) -> dict[str, list[int]]:
     """Name -> shape of every parameter and buffer of ``model``: what a saved file must be loaded onto."""
     return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _cpu_state(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """``model.state_dict()`` on the CPU, with its ``_metadata`` (modules' state versions, which some modules'
+    loaders read, e.g. torchvision's MNASNet)."""
+    state = model.state_dict()
+    cpu = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+    cpu._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
+    return cpu
 
 
 def save(
@@ -71,7 +81,7 @@ def save(
         "base_signature": base_signature(base_model),
         "builtin": builtin or None,
         "metadata": metadata,
-        "state_dict": {k: v.detach().cpu() for k, v in compressed.state_dict().items()},
+        "state_dict": _cpu_state(compressed),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

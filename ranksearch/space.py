@@ -146,7 +146,9 @@ class SearchSpace:
         """The choices for every searched layer of ``model`` (layers that can only stay dense are left out).
 
         ``input_shape`` (with batch, e.g. ``(1, 3, 32, 32)``, or an example input: a tensor, tuple or dict of
-        tensors) makes costs MACs; without it they are params.
+        tensors) makes costs MACs; without it they are params. With it, layers the forward pass never calls as
+        modules (their weight read directly, as Swin's attention does, or train-only heads) are left out:
+        compressing them saves no MACs.
         """
         model = searchable_view(model)  # attention projections are layers
         if input_shape is not None and is_shape(input_shape):
@@ -155,6 +157,8 @@ class SearchSpace:
         choices = {}
         for name, info in compressible_layers(model).items():
             if not any(fnmatchcase(name, p) for p in self.include) or any(fnmatchcase(name, p) for p in self.exclude):
+                continue
+            if input_shape is not None and name not in inputs:
                 continue
             module = model.get_submodule(name)
             shape = inputs.get(name) or probe_shape(module)

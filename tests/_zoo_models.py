@@ -50,17 +50,12 @@ BATCH = 2
 
 # Failures of ranksearch itself that the matrix found (docs/ZOO.md), by model id prefix: the test expects
 # them (strict xfail: a fix makes it say so); the table notes them.
-_UNTRACED = "uniform_config raises KeyError for layers that its traced eval-mode forward never calls: "
-KNOWN_ISSUES: dict[str, str] = {
-    "torchvision/swin": _UNTRACED + "Swin's attention reads qkv.weight and proj.weight (F.linear)",
-    "torchvision/googlenet": _UNTRACED + "the auxiliary classifiers run in train mode only",
-    "torchvision/inception_v3": _UNTRACED + "the auxiliary classifier runs in train mode only",
-    "torchvision/mnasnet": (
-        "save drops the state dict's _metadata (module versions), and MNASNet refuses to load without its version"
-    ),
-}
+KNOWN_ISSUES: dict[str, str] = {}
 ONNX_KNOWN_ISSUES: dict[str, str] = {
-    "transformers/gpt2": "export_onnx refuses the DynamicCache in GPT-2's outputs (config.use_cache=True)",
+    "transformers/gpt2": (
+        "export_onnx refuses the DynamicCache in GPT-2's outputs (config.use_cache=True; the error says to build "
+        "it with use_cache=False or export a module returning the logits)"
+    ),
 }
 
 
@@ -288,7 +283,7 @@ class ZooResult:
     output_scale: float | None = None
     uniform_method: str | None = None
     macs_ratio: float | None = None  # compressed / dense, the dense model counted with attention unpacked
-    macs_missed: float | None = None  # share of the dense MACs that count(model) misses on the model as given
+    left_dense: str | None = None  # uniform_config's warning: layers never called as modules stay dense
     train_ok: bool | None = None
     eval_ok: bool | None = None
     save_load_diff: float | None = None
@@ -345,17 +340,10 @@ def _full_rank(result: ZooResult, model: nn.Module, inputs: object, dense: torch
 
 
 def _dense_macs(result: ZooResult, model: nn.Module, inputs: object) -> int:
-    """The dense model's MACs, with ``nn.MultiheadAttention`` unpacked into the Linear calls it makes.
-
-    ``count(model)`` sees no projection of a packed ``nn.MultiheadAttention`` (it runs them functionally),
-    while the compressed model's unpacked projections are counted: the share it misses goes in ``result``.
-    """
+    """The dense model's MACs (``count`` counts a packed ``nn.MultiheadAttention``'s projections too)."""
     from ranksearch import count
-    from ranksearch.attention import searchable_view
 
-    macs = count(searchable_view(model), inputs).macs
-    result.macs_missed = 1 - count(model, inputs).macs / macs
-    return macs
+    return count(model, inputs).macs
 
 
 def _uniform(result: ZooResult, model: nn.Module, inputs: object, dense: torch.Tensor, cache: object) -> tuple:
@@ -366,7 +354,11 @@ def _uniform(result: ZooResult, model: nn.Module, inputs: object, dense: torch.T
     errors = []
     for method in UNIFORM_METHODS:
         try:
-            config = uniform_config(model, cost_fraction=MACS_TARGET, input_shape=inputs, method=method)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                config = uniform_config(model, cost_fraction=MACS_TARGET, input_shape=inputs, method=method)
+            left = [str(w.message) for w in caught if "leaves" in str(w.message)]
+            result.left_dense = left[0].split(": ")[0].removeprefix("uniform_config ") if left else None
             break
         except RanksearchError as error:
             errors.append(f"{method}: {error}")

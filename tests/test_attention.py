@@ -425,3 +425,29 @@ def test_a_compressed_vit_exports_to_onnx(tmp_path):
     compressed = rs.apply(model, every_layer(model, 0.5))
     exported = export_onnx(compressed, torch.randn(2, 3, 16, 16), tmp_path / "vit.onnx")
     assert exported.max_abs_diff is not None and exported.max_abs_diff < 1e-4
+
+
+class _AttentionThenHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_count_includes_the_projections_attention_runs_as_functions():
+    """A packed nn.MultiheadAttention runs q/k/v/out as functions: count() still counts them (4 x L x E x E), so
+    dense and compressed models are counted alike and a 50%-MACs config lands at <= 50%."""
+    from ranksearch.heuristics import uniform_config
+
+    torch.manual_seed(0)
+    model = _AttentionThenHead().eval()
+    length, embed = 16, 64
+    dense = rs.count(model, (1, length, embed))
+    assert dense.macs == 4 * length * embed * embed + length * embed * 10
+    assert dense.params == sum(p.numel() for p in model.parameters())
+    config = uniform_config(model, cost_fraction=0.5, input_shape=(1, length, embed), method="svd")
+    ratio = rs.count(rs.apply(model, config), (1, length, embed)).macs / dense.macs
+    assert 0.4 < ratio <= 0.5

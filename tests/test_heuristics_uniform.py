@@ -127,3 +127,29 @@ def test_a_study_file_can_warm_start_with_the_baselines(tmp_path, capsys):
     # layers hold most MACs), so uniform SVD at 50% of the MACs, snapped to the grid
     second = results.trials.iloc[1]
     assert second["methods"] == "svd:5" and second["macs_ratio"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_layers_the_forward_never_calls_stay_dense_and_out_of_the_search():
+    """A Linear whose weight is read directly (as Swin's attention reads qkv.weight) and a train-only head: no
+    MACs to save. uniform_config warns and leaves them dense; the search space leaves them out."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class ReadsWeights(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.called = nn.Linear(32, 32)
+            self.read = nn.Linear(32, 32)  # used through F.linear on its weight, never called
+            self.aux = nn.Linear(32, 10)  # train mode only
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.linear(self.called(x), self.read.weight, self.read.bias)
+            return self.aux(y) if self.training else y
+
+    model = ReadsWeights().eval()
+    with pytest.warns(UserWarning, match=r"leaves 2 layer\(s\) dense: the forward pass never calls them.*read, aux"):
+        config = uniform_config(model, cost_fraction=0.5, input_shape=(1, 32), method="svd")
+    assert set(config) == {"called"}
+    assert set(SearchSpace().layers(model, (1, 32))) == {"called"}
+    assert set(SearchSpace().layers(model)) == {"called", "read", "aux"}  # without a forward pass: all

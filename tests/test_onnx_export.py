@@ -203,3 +203,15 @@ def test_a_model_of_two_positional_inputs_exports(ort, tmp_path):
     model = nn.Bilinear(4, 3, 2)
     result = export_onnx(model, (torch.randn(2, 4), torch.randn(2, 3)), tmp_path / "pair.onnx")
     assert result.dynamic_batch and result.max_abs_diff < ATOL
+
+
+def test_a_decoder_cache_in_the_outputs_says_how_to_export_without_it(ort, tmp_path):
+    class DynamicCache:  # what a Hugging Face decoder returns beside its logits with use_cache=True
+        pass
+
+    class Decoder(nn.Module):
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"logits": x * 2, "past_key_values": DynamicCache()}
+
+    with pytest.raises(OnnxExportError, match=r"got DynamicCache \(.*config.use_cache=False.*only the logits\)"):
+        export_onnx(Decoder(), torch.randn(2, 3), tmp_path / "m.onnx")

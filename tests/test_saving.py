@@ -363,3 +363,32 @@ def test_an_interrupted_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         rs.save(path, small, rs.CompressionConfig({CONV: ("tucker2", (4, 2)), LINEAR: ("svd", 5)}), small_cnn())
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_the_state_dicts_module_versions_survive_a_round_trip(tmp_path):
+    """Some modules read their state version when loading (torchvision's MNASNet refuses to load without it):
+    ``save`` keeps the state dict's ``_metadata``."""
+
+    class Versioned(nn.Module):
+        _version = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+            if local_metadata.get("version") != 2:
+                raise ValueError(f"version should be 2, got {local_metadata.get('version')}")
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Versioned(), nn.Linear(8, 4))
+    config = rs.CompressionConfig({"1": ("svd", 2)})
+    small = rs.apply(model, config)
+    rs.save(tmp_path / "m.pt", small, config, model)
+    loaded = rs.load(tmp_path / "m.pt", base_model=model)
+    x = torch.randn(3, 8)
+    assert torch.equal(loaded(x), small(x))

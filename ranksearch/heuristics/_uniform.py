@@ -7,6 +7,7 @@ analytic cost of the factorized layers, so the config lands on the target from b
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 
 from torch import nn
@@ -81,6 +82,14 @@ def _for_cost(
         raise RanksearchError("a cost target needs the model's input_shape, e.g. (1, 3, 32, 32)")
     dense = count(model, input_shape)
     inputs = layer_inputs(model, tuple(input_shape) if is_shape(input_shape) else input_shape)
+    if cost == "macs" and (uncalled := [n for n in modules if n not in inputs]):
+        warnings.warn(
+            f"uniform_config leaves {len(uncalled)} layer(s) dense: the forward pass never calls them as modules "
+            f"(their weight is read directly, or they run in training only), so compressing them saves no MACs: "
+            f"{', '.join(uncalled[:5])}{' ...' if len(uncalled) > 5 else ''}",
+            stacklevel=3,
+        )
+        modules = {n: m for n, m in modules.items() if n in inputs}
     dense_total = dense.macs if cost == "macs" else dense.params
     own = {n: getattr(count(nn.Sequential(m), inputs[n]), cost) for n, m in modules.items()}  # dense layers
     rest = dense_total - sum(own.values())  # everything the config leaves alone
