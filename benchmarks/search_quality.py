@@ -234,8 +234,7 @@ class Bench:
     def search_wall(self) -> float:
         """CPU seconds per search: ``--trials`` times the median baseline evaluation at the targets (fixed when
         first computed, so a resumed run keeps it)."""
-        with self.store.locked():
-            budget = self.store.clock("search budget")
+        budget = self.store.clock("search budget")  # set once, under the lock, by update_json below
         if "trial_seconds" not in budget:
             evaluated = [r["seconds"] for r in self.store.rows
                          if r["seed"] is None and r["arm"] in BASELINES and r.get("accuracy")]  # fmt: skip

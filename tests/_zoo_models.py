@@ -339,13 +339,6 @@ def _full_rank(result: ZooResult, model: nn.Module, inputs: object, dense: torch
     result.full_rank_diff = _max_diff(_output(apply(model, config, cache=cache), inputs), dense)
 
 
-def _dense_macs(result: ZooResult, model: nn.Module, inputs: object) -> int:
-    """The dense model's MACs (``count`` counts a packed ``nn.MultiheadAttention``'s projections too)."""
-    from ranksearch import count
-
-    return count(model, inputs).macs
-
-
 def _uniform(result: ZooResult, model: nn.Module, inputs: object, dense: torch.Tensor, cache: object) -> tuple:
     """The 50%-MACs model and its config; the MACs ratio and the train/eval forwards in ``result``."""
     from ranksearch import RanksearchError, apply, count
@@ -366,7 +359,7 @@ def _uniform(result: ZooResult, model: nn.Module, inputs: object, dense: torch.T
         raise RanksearchError("; ".join(errors))
     result.uniform_method = method
     compressed = apply(model, config, cache=cache)
-    result.macs_ratio = count(compressed, inputs).macs / _dense_macs(result, model, inputs)
+    result.macs_ratio = count(compressed, inputs).macs / count(model, inputs).macs
     for mode, attribute in ((True, "train_ok"), (False, "eval_ok")):
         output = _output(compressed.train(mode), inputs)
         setattr(result, attribute, output.shape == dense.shape and bool(torch.isfinite(output).all()))
