@@ -28,6 +28,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from .cache import FactorCache
+    from .calibration import Calibration, calibrate
     from .compress import apply
     from .config import CompressionConfig
     from .costs import CostReport, compare, count
@@ -45,6 +46,8 @@ _WHERE = {
     "unpack_attention": "attention",
     "apply": "compress",
     "FactorCache": "cache",
+    "Calibration": "calibration",
+    "calibrate": "calibration",
     "CompressionConfig": "config",
     "CostReport": "costs",
     "compare": "costs",

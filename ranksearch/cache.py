@@ -7,7 +7,11 @@ over the weight; it is memoized per tensor and redone when the tensor is modifie
 version counter moves) or replaced (its storage moves).
 
 For nested methods (SVD, Tucker-2) one rank-independent result is stored and every rank is a slice of
-it (a view: no copy, no memory). Fitted methods (CP, TT) store one result per rank.
+it (a view: no copy, no memory). Fitted methods (CP, TT) store one result per rank; their
+rank-independent work, if any (a data-aware Tucker-2's HOSVD and whitening), is stored once too.
+
+Data-aware methods also take the layer's :class:`~ranksearch.decompositions.InputStatistics`; their
+digest joins the key, so a layer calibrated on other data is a new key.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .decompositions import Decomposition, Factors, Rank, get_method, relative_error
-from .errors import RanksearchError
+from .decompositions import Decomposition, Factors, InputStatistics, Rank, get_method, relative_error
+from .errors import ConfigError, RanksearchError
 
 __all__ = ["CacheStats", "FactorCache", "weight_digest"]
 
@@ -83,44 +87,62 @@ class FactorCache:
         self._digests[id(weight)] = (weakref.ref(weight), weight._version, weight.data_ptr(), digest)
         return digest
 
-    def _key(self, module: nn.Module, method: Decomposition) -> tuple:
+    def _key(self, module: nn.Module, method: Decomposition, statistics: InputStatistics | None) -> tuple:
         weight = module.weight
-        return (method.name, method.cache_token(), str(weight.device), self._digest(weight))
+        key = (method.name, method.cache_token(), str(weight.device), self._digest(weight))
+        if not method.data_aware:
+            return key
+        if statistics is None:
+            raise ConfigError(
+                f"method {method.name!r} is data-aware: it needs the statistics of the layer's inputs "
+                "(pass calibration=ranksearch.calibrate(model, loader) to apply / RankSearch / Evaluator, "
+                "or add a [calibration] section to the study file)"
+            )
+        return (*key, statistics.digest)
 
-    def factors(self, module: nn.Module, method: str | Decomposition, rank: Rank) -> Factors:
+    def factors(
+        self, module: nn.Module, method: str | Decomposition, rank: Rank, statistics: InputStatistics | None = None
+    ) -> Factors:
         """The factors of ``module``'s weight by ``method`` at ``rank``.
 
         ``rank`` is validated and put in canonical form first (so ``8`` and ``(8, 8)`` for Tucker-2 are
-        one entry, and a bad rank is a :class:`ConfigError`). Callers must not modify the returned
-        tensors in place: they may be views into the cache.
+        one entry, and a bad rank is a :class:`ConfigError`). A data-aware method needs the layer's
+        ``statistics`` (a :class:`ConfigError` says so otherwise); plain methods ignore them. Callers must
+        not modify the returned tensors in place: they may be views into the cache.
         """
         method = get_method(method)
         rank = method.canonical_rank(module, rank)
-        key = self._key(module, method)
-        if method.nested:
-            prepared = self._prepared.get(key)
+        key = self._key(module, method, statistics)
+        prepared = self._prepared.get(key)
+        if method.nested or method.data_aware:
             if prepared is None:
-                prepared = self._timed(lambda: method.prepare(module))
+                args = (module, statistics) if method.data_aware else (module,)
+                prepared = self._timed(lambda: method.prepare(*args))
                 self._prepared[key] = prepared
-            else:
+            elif method.nested:
                 self.stats.hits += 1
+        if method.nested:
             return method.factorize(module, rank, prepared)
         full_key = (*key, rank)
         factors = self._factors.get(full_key)
         if factors is None:
-            factors = self._timed(lambda: method.factorize(module, rank, method.prepare(module)))
+            factors = self._timed(
+                lambda: method.factorize(module, rank, method.prepare(module) if prepared is None else prepared)
+            )
             self._factors[full_key] = factors
         else:
             self.stats.hits += 1
         return factors
 
-    def relative_error(self, module: nn.Module, method: str | Decomposition, rank: Rank) -> float:
+    def relative_error(
+        self, module: nn.Module, method: str | Decomposition, rank: Rank, statistics: InputStatistics | None = None
+    ) -> float:
         """``||W - W_rank|| / ||W||`` of the factorization served by :meth:`factors` (memoized)."""
         method = get_method(method)
         rank = method.canonical_rank(module, rank)
-        key = (*self._key(module, method), rank)
+        key = (*self._key(module, method, statistics), rank)
         if key not in self._errors:
-            approx = method.reconstruct(module, self.factors(module, method, rank))
+            approx = method.reconstruct(module, self.factors(module, method, rank, statistics))
             self._errors[key] = relative_error(module.weight, approx)
         return self._errors[key]
 

@@ -12,14 +12,15 @@ model computes with its factors in eval mode as in training. The same happens wh
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import nn
 
 from .attention import turn_off_fast_paths, unpack_in_place
 from .cache import FactorCache
 from .config import CompressionConfig, ResolvedLayer
-from .errors import RanksearchError
+from .decompositions import InputStatistics
+from .errors import ConfigError, RanksearchError
 
 __all__ = ["apply", "apply_resolved", "replace_module"]
 
@@ -42,24 +43,36 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     turn_off_fast_paths(model, name)
 
 
-def apply(model: nn.Module, config: CompressionConfig, *, cache: FactorCache | None = None) -> nn.Module:
+def apply(
+    model: nn.Module,
+    config: CompressionConfig,
+    *,
+    cache: FactorCache | None = None,
+    calibration: Mapping[str, InputStatistics] | None = None,
+) -> nn.Module:
     """Return a copy of ``model`` with every layer in ``config`` replaced by its factorized module.
 
     Args:
         model: any ``nn.Module``; it is deep-copied and left untouched.
         config: which method and rank each layer gets; layers not listed stay dense.
         cache: a :class:`FactorCache` to reuse decompositions across calls (a private one otherwise).
+        calibration: the input statistics of ``model``'s layers (:func:`ranksearch.calibrate`), needed by
+            data-aware methods (``svd_whiten``, ``tucker2_whiten``, ``cp_refit``, ``tt_refit``).
 
     The copy keeps each replaced layer's device, dtype, bias and train/eval mode. Errors name the
     layer: unknown name, unsupported method, rank out of range, non-finite weight.
     """
     if not isinstance(config, CompressionConfig):
         raise RanksearchError(f"config must be a CompressionConfig, got {type(config).__name__}")
-    return apply_resolved(model, config.resolve(model), cache=cache)
+    return apply_resolved(model, config.resolve(model), cache=cache, calibration=calibration)
 
 
 def apply_resolved(
-    model: nn.Module, resolved: Sequence[ResolvedLayer], *, cache: FactorCache | None = None
+    model: nn.Module,
+    resolved: Sequence[ResolvedLayer],
+    *,
+    cache: FactorCache | None = None,
+    calibration: Mapping[str, InputStatistics] | None = None,
 ) -> nn.Module:
     """:func:`apply` for entries already checked by :meth:`CompressionConfig.resolve` against ``model``.
 
@@ -69,7 +82,14 @@ def apply_resolved(
     replacements = {}
     for layer in resolved:  # decompose from the user's model: cache keys are weight contents
         try:
-            factors = cache.factors(layer.module, layer.method, layer.rank)
+            statistics = None
+            if layer.method.data_aware and calibration is not None:
+                if layer.name not in calibration:
+                    raise ConfigError(
+                        f"method {layer.method.name!r} is data-aware and the calibration has no statistics for it"
+                    )
+                statistics = calibration[layer.name]
+            factors = cache.factors(layer.module, layer.method, layer.rank, statistics)
         except RanksearchError as error:
             raise type(error)(f"layer {layer.name!r}: {error}") from None
         replacement = layer.method.build(layer.module, factors)

@@ -23,6 +23,7 @@ from .attention import unpack_attention
 from .cache import FactorCache
 from .compress import replace_module
 from .config import CompressionConfig
+from .decompositions import Decomposition, get_method
 from .errors import RanksearchError
 
 __all__ = ["FORMAT", "base_signature", "load", "save"]
@@ -70,7 +71,7 @@ def save(
     cache = cache or FactorCache()
     builtin, metadata = _plain("builtin", builtin), _plain("metadata", metadata or {})
     factor_shapes = {
-        layer.name: [list(f.shape) for f in cache.factors(layer.module, layer.method, layer.rank)]
+        layer.name: [list(f.shape) for f in cache.factors(layer.module, _shaped_like(layer.method), layer.rank)]
         for layer in config.resolve(base_model)
     }
     payload = {
@@ -189,3 +190,8 @@ def load(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
     except RuntimeError as error:
         raise RanksearchError(f"the weights in {str(path)!r} do not fit the rebuilt model: {error}") from None
     return model.eval()
+
+
+def _shaped_like(method: Decomposition) -> Decomposition:
+    """A method whose factors have ``method``'s shapes without calibration data: a data-aware method's plain one."""
+    return get_method(method.plain) if method.data_aware and method.plain else method

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ranksearch.decompositions import Decomposition, Rank, available_methods, get_method
+from ranksearch.decompositions import Decomposition, InputStatistics, Rank, available_methods, get_method
+from ranksearch.decompositions._modules import is_linear_like, linear_dims
 
 # (constructor kwargs, input spatial size): strides, paddings (int, tuple, 'same', 'valid'),
 # padding modes, dilation, rectangular and even kernels, with and without bias.
@@ -76,6 +77,32 @@ def supported_cases(method: str | Decomposition) -> list[str]:
 def method_case_pairs() -> list[tuple[str, str]]:
     """Every (registered method, supported case): read from the registry each time it is called."""
     return [(method, case) for method in available_methods() for case in supported_cases(method)]
+
+
+def anisotropic_statistics(layer: nn.Module, seed: int = 0, decades: float = 3.0) -> InputStatistics:
+    """Seeded input statistics fitting ``layer``: a second moment whose eigenvalues fall over ``decades``
+    orders of magnitude along random directions (per group), as pretrained layers' inputs do."""
+    groups, dim = (1, linear_dims(layer)[1]) if is_linear_like(layer) else (layer.groups, layer.weight[0].numel())
+    generator = torch.Generator().manual_seed(seed)
+    moments = []
+    for _ in range(groups):
+        basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+        moments.append((basis * torch.logspace(0, -decades, dim, dtype=torch.float64)) @ basis.T)
+    return InputStatistics(torch.stack(moments), samples=1000)
+
+
+def statistics_if_needed(method: Decomposition, layer: nn.Module) -> InputStatistics | None:
+    """:func:`anisotropic_statistics` for a data-aware method, None for a plain one."""
+    return anisotropic_statistics(layer) if get_method(method).data_aware else None
+
+
+def calibration_if_needed(method: str | Decomposition, model: nn.Module, example: torch.Tensor) -> object:
+    """``ranksearch.calibrate`` of ``model`` on one batch ``example`` for a data-aware method, else None."""
+    if not get_method(method).data_aware:
+        return None
+    import ranksearch as rs  # the package root imports lazily; keep it out of collection for plain methods
+
+    return rs.calibrate(model, [example], batches=1)
 
 
 def mid_rank(method: Decomposition, layer: nn.Module) -> Rank:

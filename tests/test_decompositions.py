@@ -18,7 +18,15 @@ from collections.abc import Callable, Sequence
 import pytest
 import tensorly as tl
 import torch
-from _helpers import CONV_CASES, LINEAR_CASES, make_layer, method_case_pairs, mid_rank, supported_cases
+from _helpers import (
+    CONV_CASES,
+    LINEAR_CASES,
+    make_layer,
+    method_case_pairs,
+    mid_rank,
+    statistics_if_needed,
+    supported_cases,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -71,7 +79,17 @@ def export_cases(method: Decomposition, case: str) -> bool:
 
 def factorize(method: Decomposition, layer: nn.Module, rank):
     rank = method.canonical_rank(layer, rank)
-    return rank, rs.FactorCache().factors(layer, method, rank)
+    return rank, rs.FactorCache().factors(layer, method, rank, statistics_if_needed(method, layer))
+
+
+def output_error_of(layer: nn.Module, method: Decomposition, factors, statistics) -> float:
+    """Relative expected output error ``tr(dW C dW^T) / tr(W C W^T)`` summed over groups (float64)."""
+    groups = statistics.groups
+    weight = layer.weight.detach().double().reshape(groups, -1, statistics.dim)
+    approx = method.reconstruct(layer, factors).double().reshape(weight.shape)
+    diff = weight - approx
+    error = torch.einsum("god,gde,goe->", diff, statistics.second_moment, diff)
+    return float(error / torch.einsum("god,gde,goe->", weight, statistics.second_moment, weight))
 
 
 def with_weight(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
@@ -158,7 +176,13 @@ def test_weight_error_never_increases_with_rank(method_name, case):
         ranks = [
             tuple(top[:k]) + (r,) + (1,) * (len(top) - k - 1) for k in range(len(top)) for r in range(1, top[k] + 1)
         ]
-    errors = [cache.relative_error(layer, method, method.canonical_rank(layer, r)) for r in ranks]
+    statistics = statistics_if_needed(method, layer)
+    if statistics is None:
+        errors = [cache.relative_error(layer, method, method.canonical_rank(layer, r)) for r in ranks]
+    else:  # a data-aware method's truncation orders by output error, not weight error
+        errors = [
+            output_error_of(layer, method, cache.factors(layer, method, r, statistics), statistics) for r in ranks
+        ]
     assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(errors))
     if method.exact_at_max_rank:
         assert errors[-1] < 1e-12

@@ -12,7 +12,7 @@ import copy
 
 import pytest
 import torch
-from _helpers import make_layer, method_case_pairs, mid_rank
+from _helpers import make_layer, method_case_pairs, mid_rank, statistics_if_needed
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -69,7 +69,7 @@ def half_rank(method, layer):
 
 def factors_at(method, layer, rank):
     rank = method.canonical_rank(layer, rank)
-    return rank, rs.FactorCache().factors(layer, method, rank)
+    return rank, rs.FactorCache().factors(layer, method, rank, statistics_if_needed(method, layer))
 
 
 def test_the_methods_that_take_each_kind():

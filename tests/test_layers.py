@@ -50,13 +50,14 @@ def test_zoo_reasons():
     builtin = {"cp": 1152 // 30, "svd": 16, "tt": (8, 24, 16), "tucker2": (16, 8), "tucker2_hooi": (16, 8)}
     assert {m: layers["conv"].max_ranks.get(m) for m in builtin} == builtin
     grouped_methods = set(layers["grouped"].methods)  # factorized per group: 4 in, 4 out channels each
-    assert {"svd", "tucker2", "tucker2_hooi"} <= grouped_methods and not {"cp", "tt"} & grouped_methods
+    assert {"svd", "tucker2", "tucker2_hooi", "svd_whiten", "tucker2_whiten"} <= grouped_methods
+    assert not {"cp", "tt", "cp_refit", "tt_refit"} & grouped_methods
     depthwise = (
         "grouped convolution (groups=16, 1 input channel(s) per group): even rank 1 per group holds as many "
         "weights as the dense kernel, nothing to gain"
     )
     grouped = "grouped convolution (groups=16) is not supported"
-    per_group = {"svd", "tucker2", "tucker2_hooi"}  # the methods that factorize per group
+    per_group = {"svd", "tucker2", "tucker2_hooi", "svd_whiten", "tucker2_whiten"}  # they factorize per group
     assert skipped == {
         "depthwise": "; ".join(f"{m}: {depthwise if m in per_group else grouped}" for m in available_methods()),
         "transposed": "transposed convolution is not supported",

@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from _helpers import mid_rank
+from _helpers import calibration_if_needed, mid_rank
 from torch import nn
 
 import ranksearch as rs
@@ -77,7 +77,9 @@ def check_export(ort, small: nn.Module, x: torch.Tensor, path) -> OnnxExport:
 @pytest.mark.parametrize("method", methods_for(conv_model()[0]))
 def test_each_method_on_a_conv_matches_torch_at_any_batch_size(ort, method, tmp_path):
     model = conv_model()
-    small = rs.apply(model, rs.CompressionConfig({"0": (method, mid_rank(get_method(method), model[0]))}))
+    calibration = calibration_if_needed(method, model, torch.randn(4, 6, 9, 11))
+    config = rs.CompressionConfig({"0": (method, mid_rank(get_method(method), model[0]))})
+    small = rs.apply(model, config, calibration=calibration)
     assert isinstance(small[0], rs.FactorizedLayer)
     check_export(ort, small, torch.randn(2, 6, 9, 11), tmp_path / f"{method}.onnx")
 
@@ -85,7 +87,9 @@ def test_each_method_on_a_conv_matches_torch_at_any_batch_size(ort, method, tmp_
 @pytest.mark.parametrize("method", methods_for(linear_model()[0]))
 def test_each_linear_method_matches_torch_at_any_batch_size(ort, method, tmp_path):
     model = linear_model()
-    small = rs.apply(model, rs.CompressionConfig({"0": (method, mid_rank(get_method(method), model[0]))}))
+    calibration = calibration_if_needed(method, model, torch.randn(8, 12))
+    config = rs.CompressionConfig({"0": (method, mid_rank(get_method(method), model[0]))})
+    small = rs.apply(model, config, calibration=calibration)
     assert isinstance(small[0], rs.FactorizedLayer)
     check_export(ort, small, torch.randn(2, 12), tmp_path / f"{method}.onnx")
 

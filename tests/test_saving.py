@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import calibration_if_needed
 from torch import nn
 
 import ranksearch as rs
@@ -103,7 +104,7 @@ def test_every_method_round_trips_exactly_with_weights_from_the_file(method, tmp
         entries[LINEAR] = (method, half_rank(model, LINEAR, method))
     config = rs.CompressionConfig(entries)
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(2))
-    small = fine_tune_a_little(rs.apply(model, config), x)
+    small = fine_tune_a_little(rs.apply(model, config, calibration=calibration_if_needed(method, model, x)), x)
     expected = outputs(small, x)
 
     path = rs.save(tmp_path / "model.pt", small, config, model)

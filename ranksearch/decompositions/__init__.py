@@ -7,7 +7,7 @@ the test suite then holds it to the same contract as the others (see :class:`Dec
 
 from __future__ import annotations
 
-from . import cp, svd, tt, tucker2, tucker2_hooi  # noqa: F401  (importing registers the methods)
+from . import cp, cp_refit, svd, svd_whiten, tt, tt_refit, tucker2, tucker2_hooi, tucker2_whiten  # noqa: F401  (importing registers the methods)  # noqa: F401, I001  (data-aware: registered after)
 from ._base import (
     Cost,
     Decomposition,
@@ -21,6 +21,7 @@ from ._base import (
     unregister,
 )
 from ._modules import is_hf_conv1d, is_linear_like
+from ._statistics import InputStatistics
 from .tt import TTMatrixLinear
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Decomposition",
     "FactorizedLayer",
     "Factors",
+    "InputStatistics",
     "Rank",
     "TTMatrixLinear",
     "available_methods",

@@ -10,7 +10,9 @@ The life of a layer through a method, in the order the library calls the hooks:
 
 1. :meth:`Decomposition.unsupported_reason` -- can this method handle the layer at all?
 2. :meth:`Decomposition.max_rank` / :meth:`Decomposition.canonical_rank` -- which ranks are valid.
-3. :meth:`Decomposition.prepare` -- rank-independent work, done once per weight (an SVD, a HOSVD).
+3. :meth:`Decomposition.prepare` -- rank-independent work, done once per weight (an SVD, a HOSVD);
+   a data-aware method (:attr:`Decomposition.data_aware`) also receives the statistics of the layer's
+   inputs (:class:`~ranksearch.decompositions.InputStatistics`).
 4. :meth:`Decomposition.factorize` -- the factors at one rank (a slice of ``prepare`` where the
    maths allows, a fit otherwise); the :class:`~ranksearch.FactorCache` memoizes both steps.
 5. :meth:`Decomposition.build` -- the replacement module, made of standard torch layers.
@@ -150,13 +152,22 @@ class Decomposition(ABC):
     nested: ClassVar[bool] = False
     """True when every rank is a slice of one rank-independent result of :meth:`prepare`.
 
-    The weight error of a nested method never grows with the rank (per component for tuple ranks).
+    The weight error of a nested method never grows with the rank (per component for tuple ranks); for a
+    data-aware one, its output error on the calibration statistics.
     """
     exact_at_max_rank: ClassVar[bool] = True
     """True when :meth:`max_rank` is a complete rank: its factors reproduce the weight up to rounding.
 
     False when the maximum is a budget cap instead (CP's break-even rank).
     """
+    data_aware: ClassVar[bool] = False
+    """True when the factors depend on the layer's inputs: :meth:`prepare` then takes a second argument,
+    the layer's :class:`~ranksearch.decompositions.InputStatistics` (gathered by
+    :func:`ranksearch.calibrate`), and the factor cache keys results by them too. Module, cost and
+    ranks are typically a plain method's (the data-aware method subclasses it).
+    """
+    plain: ClassVar[str | None] = None
+    """For a data-aware method, the plain method whose module, cost and ranks it shares (e.g. ``"svd"``)."""
     exact_recovery_tolerance: ClassVar[float] = 1e-9
     """Relative weight error within which :meth:`factorize` recovers a float64 weight that is exactly
     representable at the rank asked for (such as :meth:`exact_low_rank_example`'s). Closed-form methods
@@ -191,7 +202,11 @@ class Decomposition(ABC):
 
     # --- factorizing ----------------------------------------------------------------------------
     def prepare(self, module: nn.Module) -> object:
-        """Rank-independent work on the weight, done once and cached (default: none)."""
+        """Rank-independent work on the weight, done once and cached (default: none).
+
+        A :attr:`data_aware` method's ``prepare`` takes ``(module, statistics)`` instead, and must return
+        whatever of the statistics :meth:`factorize` needs (it receives only ``prepared``).
+        """
         return None
 
     @abstractmethod

@@ -39,7 +39,16 @@ from ._modules import (
     weight_of,
 )
 
-__all__ = ["SVD"]
+__all__ = ["SVD", "folded_weight"]
+
+
+def folded_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as one ``(rows, columns)`` matrix per group: ``(g, O/g, I/g*prod(k))`` for a conv (the
+    columns in im2col order), ``(1, O, I)`` for a Linear (Hugging Face's Conv1D transposed first)."""
+    groups, rows, columns = _fold(module)
+    if is_linear_like(module):
+        return matrix_of(module).reshape(1, rows, columns)
+    return weight_of(module).reshape(groups, rows, columns)
 
 
 def _fold(module: nn.Module) -> tuple[int, int, int]:
@@ -66,9 +75,9 @@ class SVD(Decomposition, name="svd"):
         return min(rows, columns)
 
     def prepare(self, module: nn.Module) -> Factors:
-        groups, rows, columns = _fold(module)
+        groups, rows, _ = _fold(module)
         if groups > 1:
-            matrices = weight_of(module).reshape(groups, rows, columns)  # (g, O/g, I/g*prod(k))
+            matrices = folded_weight(module)  # (g, O/g, I/g*prod(k))
             u, s, vh = torch.linalg.svd(matrices, full_matrices=False)
             root = s.sqrt()
             return u * root[:, None, :], root[:, :, None] * vh  # (g, O/g, K), (g, K, I/g*prod(k))

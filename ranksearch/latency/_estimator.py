@@ -120,7 +120,9 @@ class LatencyEstimator:
             rank = "x".join(map(str, layer.rank)) if isinstance(layer.rank, tuple) else str(layer.rank)
             dense = self._lookup(f"{base} | dense", layer.module, shape)
             factorized = self._lookup(
-                f"{base} | {layer.method.name}:{rank}", compressed.get_submodule(layer.name), shape
+                f"{base} | {layer.method.plain or layer.method.name}:{rank}",
+                compressed.get_submodule(layer.name),
+                shape,
             )
             total += factorized - dense
         self.table.save()
