@@ -6,19 +6,30 @@ Re-exported by :mod:`ranksearch.evaluator`, where users import it from.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .errors import RanksearchError
 from .fidelity import FIDELITY_KINDS
-from .usercode import check_spec
+from .usercode import check_spec, load_callable
 
-__all__ = ["AMP_DTYPES", "USER_FUNCTIONS", "EvaluatorSettings"]
+__all__ = [
+    "ADDED_SETTINGS",
+    "AMP_DTYPES",
+    "USER_FUNCTIONS",
+    "EvaluatorSettings",
+    "check_objectives_have_labels",
+    "user_function",
+]
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-USER_FUNCTIONS = ("metric", "loss", "batch", "output")
+USER_FUNCTIONS = ("metric", "loss", "batch", "output", "calibration")
 """The settings that name the user's functions (``"package.module:function"``)."""
+ADDED_SETTINGS = {"calibration_batches": 0, "calibration": None}
+"""Settings added after studies were stored, with the defaults that mean "as before": a study's identity
+leaves them out at these values, so studies stored earlier resume."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,12 @@ class EvaluatorSettings:
             labels); None: the default split (:mod:`ranksearch.adapters`).
         output: ``"package.module:function"`` of ``output(model_outputs) -> Tensor``, the tensor the metric
             and the loss see; None: the default (a tensor; a tuple's first item; a dict's ``logits``).
+        calibration_batches: batches whose inputs' second moments the data-aware methods (``svd_whiten``,
+            ``tucker2_whiten``, ``cp_refit``, ``tt_refit``) fit to (:mod:`ranksearch.calibration`); 0 = no
+            calibration (those methods cannot be used). Drawn from the training loader like the fine-tune's
+            batches, or from ``calibration``'s loader.
+        calibration: ``"package.module:function"`` of ``calibration() -> loader`` (an iterable of batches the
+            batch adapter understands; labels not needed); None: the training loader.
 
     The four functions are named by strings so that study files and worker processes carry them; they
     are imported when the :class:`Evaluator` is made. Callables given to the Evaluator win over them.
@@ -82,9 +99,11 @@ class EvaluatorSettings:
     loss: str | None = None
     batch: str | None = None
     output: str | None = None
+    calibration_batches: int = 0
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("finetune_steps", "bn_batches", "seed"):
+        for name in ("finetune_steps", "bn_batches", "seed", "calibration_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise RanksearchError(f"evaluator setting {name} must be an int >= 0, got {value!r}")
@@ -136,3 +155,18 @@ def _check_function_name(name: str, value: object) -> None:
             f"callable itself to Evaluator({argument}=...)"
         )
     check_spec(value, f"evaluator setting {name}")
+
+
+def user_function(settings: EvaluatorSettings, name: str) -> Callable | None:
+    """The function the setting ``name`` names (imported now), or None."""
+    spec = getattr(settings, name)
+    return None if spec is None else load_callable(spec, where=f"evaluator setting {name}")
+
+
+def check_objectives_have_labels(objectives: Sequence[str] | None, labels: bool) -> None:
+    """``accuracy`` as an objective needs labelled validation batches: say what to do instead."""
+    if objectives is not None and "accuracy" in objectives and not labels:
+        raise RanksearchError(
+            "the objective 'accuracy' needs labels, but the validation batches carry none: use the objective "
+            "'fidelity' (agreement with the dense model's outputs), or give the batches targets"
+        )

@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._evaluator_settings import AMP_DTYPES, EvaluatorSettings
+from ._evaluator_settings import AMP_DTYPES, EvaluatorSettings, check_objectives_have_labels, user_function
 from ._fixed_data import check_model_on_data, take_batches
 from .adapters import BatchAdapter, batch_size, call_model, describe, first_samples
 from .attention import unpack_attention
 from .cache import FactorCache
+from .calibration import Calibration, calibrate_batches
 from .compress import apply_resolved
 from .config import CompressionConfig, ResolvedLayer
 from .costs import count
@@ -36,7 +37,6 @@ from .errors import RanksearchError
 from .fidelity import agreement, distillation_loss, reference, resolve_kind
 from .latency import LatencyEstimator, LatencySettings, LatencyTable
 from .record import Measurements, trial_attributes
-from .usercode import load_callable
 
 __all__ = ["DenseMeasurement", "Evaluation", "Evaluator", "EvaluatorSettings"]
 
@@ -97,6 +97,9 @@ class Evaluator:
         objectives: the study's objectives, if known: ``fidelity`` among them makes every trial measure it
             (it is measured anyway when the validation batches carry no labels), and ``accuracy`` among
             them without labels is an error.
+        calibration: input statistics of the model's layers for data-aware methods
+            (:func:`ranksearch.calibrate`); by default gathered here from ``settings.calibration_batches``
+            fixed batches (none when 0).
     """
 
     def __init__(
@@ -113,15 +116,16 @@ class Evaluator:
         latency_table: LatencyTable | None = None,
         adapter: BatchAdapter | None = None,
         objectives: Sequence[str] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.settings = s = settings or EvaluatorSettings()
         if s.threads is not None:
             torch.set_num_threads(s.threads)
         self.device = torch.device(s.device)
         self.model = unpack_attention(model).to(self.device).eval()  # a copy; attention projections as layers
-        self.metric = metric or _user_function(s, "metric") or _accuracy
-        self.loss_fn = loss_fn or _user_function(s, "loss") or F.cross_entropy
-        self.adapter = adapter or BatchAdapter(_user_function(s, "batch"), _user_function(s, "output"))
+        self.metric = metric or user_function(s, "metric") or _accuracy
+        self.loss_fn = loss_fn or user_function(s, "loss") or F.cross_entropy
+        self.adapter = adapter or BatchAdapter(user_function(s, "batch"), user_function(s, "output"))
         self.cache = cache or FactorCache()
         self._teacher: list[torch.Tensor] | None = None
         need = max(s.finetune_steps, s.bn_batches, 1)
@@ -131,7 +135,7 @@ class Evaluator:
             self.val_batches = self.val_batches[: s.eval_batches]
         self.labels = self.val_batches[0][1] is not None
         """Whether the validation batches carry labels (else the metric is NaN and the quality is the fidelity)."""
-        _check_objectives(objectives, self.labels)
+        check_objectives_have_labels(objectives, self.labels)
         outputs = check_model_on_data(
             self.model,
             self.val_batches,
@@ -142,6 +146,8 @@ class Evaluator:
         self.fidelity_kind = resolve_kind(s.fidelity, outputs)
         self._references = self._dense_references() if not self.labels or "fidelity" in (objectives or ()) else None
         self._set_dense(latency, latency_table)
+        self.calibration = calibration if calibration is not None else self._calibrate(train_loader)
+        """Input statistics for data-aware methods, or None."""
 
     def _set_dense(self, latency: LatencySettings | None, latency_table: LatencyTable | None) -> None:
         """The example input the MACs are counted on, the latency estimator and the dense measurement."""
@@ -158,6 +164,20 @@ class Evaluator:
         self.latency = None if latency is None else LatencyEstimator(self.model, sample, latency, latency_table)
         latency_seconds = None if self.latency is None else self.latency.dense_seconds
         self.dense = DenseMeasurement(self.measure(self.model), cost.macs, cost.params, input_shape, latency_seconds)
+
+    def _calibrate(self, train_loader: Iterable) -> Calibration | None:
+        """Statistics of ``calibration_batches`` batches of the ``calibration`` loader (default: the training
+        loader, drawn with the seed as the fine-tune's batches are), or None when 0."""
+        s, factory = self.settings, user_function(self.settings, "calibration")
+        if not s.calibration_batches:
+            return None
+        loader = train_loader if factory is None else factory()
+        batches = take_batches(loader, s.calibration_batches, self.device, "calibration", s.seed, self.adapter)
+        return calibrate_batches(self.model, batches)
+
+    def compress(self, resolved: Sequence[ResolvedLayer]) -> nn.Module:
+        """The model with ``resolved`` applied, from this evaluator's factor cache and calibration."""
+        return apply_resolved(self.model, resolved, cache=self.cache, calibration=self.calibration)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the ``amp`` dtype on CUDA, or nothing (float32)."""
@@ -285,7 +305,7 @@ class Evaluator:
         watch = _Stopwatch(result.seconds)
         torch.manual_seed(self.settings.seed)
         try:
-            model = apply_resolved(self.model, resolved, cache=self.cache)
+            model = self.compress(resolved)
             watch.lap("decompose")
             self._measure_costs(result, resolved, model, watch, measure_latency=measure_latency)
             self._measure_metric(result, model, watch)
@@ -317,8 +337,12 @@ class Evaluator:
     ) -> None:
         """Layer errors, MACs, params and (with latency settings) latency of ``model`` into ``result``."""
         result.layer_errors = {
-            layer.name: self.cache.relative_error(layer.module, layer.method, layer.rank) for layer in resolved
+            layer.name: self.cache.relative_error(
+                layer.module, layer.method, layer.rank, (self.calibration or {}).get(layer.name)
+            )
+            for layer in resolved
         }
+        result.data_aware_layers = [layer.name for layer in resolved if layer.method.data_aware] or None
         cost = count(model, self.example_input)
         result.macs, result.params = cost.macs, cost.params
         result.macs_ratio, result.params_ratio = cost.macs / self.dense.macs, cost.params / self.dense.params
@@ -356,20 +380,6 @@ class Evaluator:
         if self.labels:
             result.accuracy = accuracy
             setattr(result, stage, accuracy)
-
-
-def _user_function(settings: EvaluatorSettings, name: str) -> Callable | None:
-    """The function a setting names (imported now), or None."""
-    spec = getattr(settings, name)
-    return None if spec is None else load_callable(spec, where=f"evaluator setting {name}")
-
-
-def _check_objectives(objectives: Sequence[str] | None, labels: bool) -> None:
-    if objectives is not None and "accuracy" in objectives and not labels:
-        raise RanksearchError(
-            "the objective 'accuracy' needs labels, but the validation batches carry none: use the objective "
-            "'fidelity' (agreement with the dense model's outputs), or give the batches targets"
-        )
 
 
 class _Stopwatch:

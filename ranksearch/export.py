@@ -41,7 +41,8 @@ class ExportedModel:
     """Provenance and measurements saved with the weights: study, trial, rule, the measured qualities
     (``accuracy`` with labels, ``fidelity`` where the study measured it) as recorded (``<quality>_recorded``)
     and as rebuilt, MACs and params (absolute and as fractions of dense); with a fine-tune its epochs, lr
-    and the qualities before it (``<quality>_before``)."""
+    and the qualities before it (``<quality>_before``); ``data_aware`` when layers use data-aware methods
+    (their names and the calibration data's batches, samples, digest and factory)."""
     onnx_path: Path | None = None
     onnx_max_abs_diff: float | None = None
     """Largest |onnxruntime - torch| output difference on one validation input (None: not checked)."""
@@ -148,7 +149,28 @@ def _rebuild(
         macs_ratio=result.macs_ratio,
         params_ratio=result.params_ratio,
     )
+    if result.data_aware_layers:
+        facts["data_aware"] = _data_aware_facts(evaluator, result.data_aware_layers, log)
     return result.model, facts
+
+
+def _data_aware_facts(evaluator: Evaluator, layers: list[str], log: Callable[[str], None]) -> dict[str, object]:
+    """What the data-aware layers' factors depend on: the calibration data (kept in the saved metadata)."""
+    calibration = evaluator.calibration
+    facts = {
+        "layers": list(layers),
+        "calibration_batches": calibration.batches,
+        "calibration_samples": calibration.samples,
+        "calibration_digest": calibration.data_digest,
+        "calibration_factory": evaluator.settings.calibration,
+    }
+    source = evaluator.settings.calibration or "the training loader"
+    log(
+        f"  {len(layers)} layer(s) data-aware: fitted to {calibration.batches} batches ({calibration.samples} samples) "
+        f"of {source}, digest {calibration.data_digest[:12]}; the saved weights load without them, a rebuild "
+        "from the config needs the same data"
+    )
+    return facts
 
 
 def _finetune(

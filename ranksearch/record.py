@@ -81,7 +81,7 @@ FRACTIONS = "fractions"  # {layer: grid fraction} of an allocated config (its pa
 SCREENED = "screened"  # candidates the proxy scored for this trial (1: none screened)
 PROXY_LOSS = "proxy_loss"  # the proxy loss of the evaluated config (the screening's first fidelity)
 
-STORED_WHEN_MEASURED = frozenset({"fidelity"})
+STORED_WHEN_MEASURED = frozenset({"fidelity", "data_aware_layers"})
 """Measurements only some studies take: a trial stores them only when measured (read back as None)."""
 
 _METHOD_SUFFIX = ".method"
@@ -136,7 +136,8 @@ class Measurements:
     the whole model timed (sampled trials only).
     ``failure`` is why the evaluation failed (None if it did not); ``layer_errors`` the relative weight
     error per compressed layer; ``seconds`` wall times per stage (``decompose``, ``cost``,
-    ``recalibrate``, ``finetune``, ``evaluate``, ``total``).
+    ``recalibrate``, ``finetune``, ``evaluate``, ``total``). ``data_aware_layers`` names the layers whose
+    method is data-aware (their factors depend on the calibration data; None when there are none).
     """
 
     macs: int = 0
@@ -155,6 +156,7 @@ class Measurements:
     failure: str | None = None
     layer_errors: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    data_aware_layers: list[str] | None = None
 
     def to_attrs(self) -> dict[str, Any]:
         """The measured fields as JSON-ready attributes (deep copies; NaN/inf stored as None). Fields of

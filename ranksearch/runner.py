@@ -189,7 +189,8 @@ def _resolve_evaluator_code(study_file: StudyFile) -> None:
     for key in USER_CODE_KEYS:
         spec = getattr(study_file.evaluator, key, None)
         if spec is not None:
-            load_callable(spec, f"{study_file.path}: [evaluator] {key}", study_file.folder)
+            where = "[calibration] factory" if key == "calibration" else f"[evaluator] {key}"
+            load_callable(spec, f"{study_file.path}: {where}", study_file.folder)
 
 
 def _heuristic_warm_starts(model: nn.Module, data: StudyData, study_file: StudyFile) -> list:

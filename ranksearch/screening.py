@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import batch_size, first_samples
-from .compress import apply_resolved
 from .config import CompressionConfig
 from .errors import RanksearchError
 from .evaluator import Evaluator
@@ -74,7 +73,7 @@ class Screen:
         """The proxy of one config (a config the model cannot take is a :class:`ConfigError`)."""
         start = time.perf_counter()
         resolved = config.resolve(self.evaluator.model)
-        model = apply_resolved(self.evaluator.model, resolved, cache=self.evaluator.cache)
+        model = self.evaluator.compress(resolved)
         return self._score_model(model, recalibrate=True, start=start)
 
     def _score_model(self, model: torch.nn.Module, *, recalibrate: bool, start: float) -> ProxyScore:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._calibration_section import calibration_section
 from ._tables import build_section
 from .errors import RanksearchError
 from .objectives import (
@@ -120,8 +121,9 @@ class StudySection:
 
 MODEL_SOURCES = ("name", "path", "factory", "torchvision", "timm", "transformers")
 """The ``[model]`` keys that say where the dense model comes from: exactly one is given."""
-USER_CODE_KEYS = ("metric", "loss", "batch", "output")
-"""``[evaluator]`` keys naming user code (``"module:function"``), where the settings class has them."""
+USER_CODE_KEYS = ("metric", "loss", "batch", "output", "calibration")
+"""Evaluator settings naming user code (``"module:function"``), where the settings class has them
+(``calibration`` comes from ``[calibration] factory``)."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class StudyFile:
         return self.path.resolve().parent
 
 
-_SECTIONS = ("study", "model", "data", "training", "space", "evaluator", "latency")
+_SECTIONS = ("study", "model", "data", "training", "space", "evaluator", "calibration", "latency")
 _RENAMED_SECTIONS = {"baseline": "training"}
 _RENAMED_STUDY_KEYS = {"warm_start_baselines": "warm_start_heuristics"}
 
@@ -363,7 +365,7 @@ def _data_section(document: dict, path: Path, model: ModelSection) -> DataSectio
 
 
 def _evaluator_section(document: dict, path: Path, cls: type) -> EvaluatorSettings:
-    table = document.get("evaluator", {})
+    table = {**document.get("evaluator", {}), **calibration_section(document, path)}
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in USER_CODE_KEYS:
         if isinstance(table, dict) and key in table and key in fields:

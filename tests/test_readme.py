@@ -18,7 +18,7 @@ def test_the_core_example_runs(capsys):
 
 
 def test_the_search_example_runs_on_your_model_and_loaders(tiny_task, tmp_path):
-    block = next(b for b in BLOCKS if "rs.RankSearch(" in b)
+    block = next(b for b in BLOCKS if "rs.RankSearch(" in b and "n_trials=100" in b)
     shrunk = (
         block.replace("n_trials=100", "n_trials=3")
         .replace("finetune_steps=50", "finetune_steps=2")
@@ -45,3 +45,20 @@ def test_the_heuristics_example_runs(capsys):
     block = next(b for b in BLOCKS if "ranksearch.heuristics import" in b)
     exec(compile(block, str(README), "exec"), {})
     assert 0.45 < float(capsys.readouterr().out.strip()) <= 0.5
+
+
+def test_the_data_aware_example_runs(tiny_task, tmp_path):
+    block = next(b for b in BLOCKS if "rs.calibrate(" in b)
+    model, train_loader, val_loader = tiny_task
+    conv = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    shrunk = (
+        block.replace("layers.2.1.conv1", conv)
+        .replace("(32, 16)", "(2, 2)")
+        .replace("sqlite:///runs/aware.db", f"sqlite:///{tmp_path}/aware.db")
+        .replace("batches=8", "batches=1")
+    )
+    assert shrunk.count("\n") == block.count("\n") and shrunk != block
+    namespace = {"model": model, "train_loader": train_loader, "val_loader": val_loader, "rs": None}
+    exec(compile("import ranksearch as rs\n" + shrunk, str(README), "exec"), namespace)
+    assert namespace["small"].get_submodule(conv).method == "tucker2_whiten"
+    assert namespace["search"].evaluator.calibration.batches == 1

@@ -84,7 +84,8 @@ def trials_table(
     their inverses ("4.0x fewer"); ``macs_count``/``params_count`` absolute MACs (multiply-accumulates,
     FLOPs = 2 x MACs) and parameters; with latency settings, ``latency_ms`` (predicted from the latency
     table), ``latency_ratio``, ``latency_reduction`` and ``latency_measured_ms`` (the whole model timed,
-    on sampled and Pareto trials). A quality that is not an objective follows the objectives: ``accuracy``
+    on sampled and Pareto trials), ``data_aware_layers`` (how many layers use a data-aware method). A
+    quality that is not an objective follows the objectives: ``accuracy``
     always (NaN without labels), ``fidelity`` when trials stored it. Rows are in trial order.
     """
     shown = _shown_qualities(records, objectives)
@@ -93,7 +94,7 @@ def trials_table(
     for cost in ("macs", "params"):
         columns += [f"{cost}_ratio", f"{cost}_reduction", f"{cost}_count"]
     columns += list(LATENCY_COLUMNS)
-    columns += ["finetune_skipped", "failure", "seconds", "methods", "duplicate_of"]
+    columns += ["finetune_skipped", "failure", "seconds", "methods", "data_aware_layers", "duplicate_of"]
     columns += [c for layer in layers for c in layer_columns(layer)]
     frame = pd.DataFrame(rows, columns=columns)
     numeric = ("macs_ratio", "params_ratio", "macs_reduction", "params_reduction", *LATENCY_COLUMNS)
@@ -135,6 +136,7 @@ def _trial_row(record: TrialRecord, objectives: Sequence[str], shown: Sequence[s
     row["finetune_skipped"], row["failure"] = m.finetune_skipped, m.failure
     row["seconds"] = m.seconds.get("total") if m.seconds else None
     row["methods"] = config_summary(record.config)
+    row["data_aware_layers"] = len(m.data_aware_layers or ())
     row["duplicate_of"] = record.duplicate_of
     return row
 

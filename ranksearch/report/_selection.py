@@ -43,7 +43,9 @@ class Choice:
 def _describe(row: pd.Series, results: StudyResults) -> str:
     qualities = [f"{q} {row[q]:.4f}" for q in results.qualities if pd.notna(row.get(q))]
     costs = ", ".join(f"{c} {row[f'{c}_ratio']:.3f}" for c in COSTS if pd.notna(row.get(f"{c}_ratio")))
-    return f"trial {int(row['trial'])} ({', '.join([*qualities, costs])} of dense)"
+    aware = int(row.get("data_aware_layers") or 0)
+    note = f"; {aware} layer(s) data-aware" if aware else ""
+    return f"trial {int(row['trial'])} ({', '.join([*qualities, costs])} of dense{note})"
 
 
 def _best_words(quality: str) -> str:

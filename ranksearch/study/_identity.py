@@ -15,6 +15,7 @@ from dataclasses import asdict
 import optuna
 from torch import nn
 
+from .._evaluator_settings import ADDED_SETTINGS
 from ..cache import weight_digest
 from ..errors import RanksearchError
 from ..evaluator import Evaluator
@@ -61,6 +62,9 @@ def study_identity(
     settings = asdict(evaluator.settings)
     for machine_only in ("device", "threads"):
         settings.pop(machine_only)
+    for added, default in ADDED_SETTINGS.items():
+        if settings.get(added) == default:
+            settings.pop(added)
     identity: dict[str, object] = {
         "objectives": list(objectives),
         "layers": {name: list(layer.methods) for name, layer in layers.items()},

@@ -13,8 +13,9 @@ from torch import nn
 
 from ..adapters import BatchAdapter
 from ..cache import FactorCache
-from ..compress import apply_resolved
+from ..calibration import Calibration
 from ..config import CompressionConfig
+from ..decompositions import get_method
 from ..errors import RanksearchError
 from ..evaluator import Evaluator, EvaluatorSettings, Loss, Metric
 from ..export import ExportedModel, export_config
@@ -94,6 +95,8 @@ class RankSearch:
             ``latency-table.json`` beside a SQLite storage (in memory otherwise).
         heartbeat: seconds between a running trial's "alive" marks in the storage; a trial whose worker
             was killed is marked failed once it has been silent for twice that (None: never).
+        calibration: input statistics for data-aware methods in the space (:func:`ranksearch.calibrate`);
+            by default gathered from ``evaluator.calibration_batches`` training batches.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class RankSearch:
         cache: FactorCache | None = None,
         latency: LatencySettings | None = None,
         heartbeat: int | None = HEARTBEAT_SECONDS,
+        calibration: Calibration | None = None,
     ) -> None:
         if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1):
             raise RanksearchError(f"heartbeat must be an int >= 1 (seconds) or None, got {heartbeat!r}")
@@ -129,7 +133,7 @@ class RankSearch:
         self.strategy, self.targets = check_strategy(strategy), check_targets(targets)
         if isinstance(screen, bool) or not isinstance(screen, int) or screen < 1:
             raise RanksearchError(f"screen must be an int >= 1 (candidates per trial), got {screen!r}")
-        self.space = space or SearchSpace()
+        self.space = _checked_space(space or SearchSpace(), evaluator, calibration)
         self.sampler_name = check_sampler(sampler)  # before the evaluator's work, as every check here
         self.storage_url = None if storage is None else storage.replace("{study_name}", study_name)
         if latency is None and "latency" in self.objectives:
@@ -139,7 +143,7 @@ class RankSearch:
         self.train_loader = train_loader
         self.evaluator = Evaluator(
             model, train_loader, val_loader, evaluator, metric=metric, loss_fn=loss_fn, adapter=adapter, cache=cache,
-            latency=latency, latency_table=table, objectives=self.objectives,
+            latency=latency, latency_table=table, objectives=self.objectives, calibration=calibration,
         )  # fmt: skip
         # the evaluator's copy: attention unpacked into Linear projections, so they are searchable layers
         self.layers: dict[str, LayerChoices] = self.space.layers(self.evaluator.model, self.evaluator.example_input)
@@ -362,7 +366,7 @@ class RankSearch:
             if pd.notna(row["latency_measured_ms"]):
                 continue
             resolved = results.config(int(row["trial"])).resolve(self.evaluator.model)
-            model = apply_resolved(self.evaluator.model, resolved, cache=self.evaluator.cache)
+            model = self.evaluator.compress(resolved)
             new[str(int(row["trial"]))] = self.evaluator.latency.measure_model(model)
         if new:
             timed = self.study.user_attrs.get(FRONT_LATENCY_ATTR, {})
@@ -375,3 +379,18 @@ class RankSearch:
         if trial_number not in trials:
             raise RanksearchError(f"no trial {trial_number} in study {self.study.study_name!r} ({len(trials)} trials)")
         return CompressionConfig.from_dict(trials[trial_number].user_attrs[CONFIG])
+
+
+def _checked_space(
+    space: SearchSpace, settings: EvaluatorSettings | None, calibration: Calibration | None
+) -> SearchSpace:
+    """``space``, after checking that its data-aware methods have calibration data (say how to give it)."""
+    listed = {*space.methods, *(m for methods in space.overrides.values() for m in methods)}
+    aware = sorted(m for m in listed if m != DENSE and get_method(m).data_aware)
+    if aware and calibration is None and not (settings and settings.calibration_batches):
+        raise RanksearchError(
+            f"the space's data-aware methods ({', '.join(aware)}) need calibration data: set "
+            "EvaluatorSettings(calibration_batches=N) (study file: [calibration] batches = N) or pass "
+            "calibration=ranksearch.calibrate(model, loader)"
+        )
+    return space
