@@ -43,7 +43,14 @@ from torch import nn
 from .adapters import call_model, describe
 from .errors import RanksearchError
 
-__all__ = ["OnnxExport", "OnnxExportError", "OnnxExtraMissingError", "OnnxVerificationError", "export_onnx"]
+__all__ = [
+    "OnnxExport",
+    "OnnxExportError",
+    "OnnxExtraMissingError",
+    "OnnxVerificationError",
+    "export_onnx",
+    "onnx_feed",
+]
 
 EXTRA_HINT = "ONNX export needs the onnx extra: pip install 'ranksearch[onnx]'"
 
@@ -173,20 +180,24 @@ def _named_inputs(example_input: object) -> dict[str, torch.Tensor]:
     return {f"input_{index}": tensor for index, tensor in enumerate(example_input)}
 
 
+def onnx_feed(session: object, example_input: object) -> dict[str, object]:
+    """The numpy arrays an onnxruntime ``session`` of an :func:`export_onnx` file takes for ``example_input``
+    (its inputs by name; a lone tensor whatever the exporter named it; inputs the graph dropped left out)."""
+    named = {name: tensor.detach().cpu() for name, tensor in _named_inputs(example_input).items()}
+    if isinstance(example_input, torch.Tensor):
+        return {session.get_inputs()[0].name: named["input"].numpy()}
+    return {i.name: named[i.name].numpy() for i in session.get_inputs()}
+
+
 def _verify(
     ort: ModuleType, path: Path, example_input: object, expected: list[torch.Tensor], rtol: float, atol: float
 ) -> float:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: onnxruntime's warnings go straight to stderr
-    named = {name: tensor.detach().cpu() for name, tensor in _named_inputs(example_input).items()}
-    float64 = any(x.dtype == torch.float64 for x in named.values())
+    float64 = any(x.dtype == torch.float64 for x in _named_inputs(example_input).values())
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        if isinstance(example_input, torch.Tensor):  # one input, whatever the exporter named it
-            feed = {session.get_inputs()[0].name: named["input"].numpy()}
-        else:  # inputs the graph does not use are dropped by the exporter
-            feed = {i.name: named[i.name].numpy() for i in session.get_inputs()}
-        got = session.run(None, feed)
+        got = session.run(None, onnx_feed(session, example_input))
     except Exception as error:  # onnxruntime raises its own classes (Fail, NotImplemented, InvalidArgument...)
         hint = " (some of its CPU kernels, Conv among them, are float32 only)" if float64 else ""
         raise OnnxVerificationError(

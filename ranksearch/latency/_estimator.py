@@ -97,7 +97,9 @@ class LatencyEstimator:
             described = describe(self.input_shape)
         with _threads(self.settings.threads):
             hardware = device_name(self.settings.device)
-        self.context = f"{hardware} | {self.settings.dtype} | torch {torch.__version__}"
+        runtime = "" if self.settings.runtime == "torch" else f" | {_runtime_version(self.settings.runtime)}"
+        self.context = f"{hardware} | {self.settings.dtype} | torch {torch.__version__}{runtime}"
+        """Where the table's timings hold: hardware, dtype, torch (and the runtime when it is not eager torch)."""
         self.layer_inputs = layer_inputs(model, self.input_shape)
         key = f"model {structure_digest(model)} @ {described}"
         self.dense_seconds = self._lookup(key, model, self.input_shape)
@@ -131,3 +133,12 @@ class LatencyEstimator:
     def measure_model(self, model: nn.Module) -> float:
         """Measured seconds of a whole model (not stored: it checks the prediction)."""
         return measure_seconds(model, self.input_shape, self.settings)
+
+
+def _runtime_version(runtime: str) -> str:
+    """``onnxruntime 1.20.1``, ``torch.compile``: the runtime part of a latency context."""
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+    return runtime

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapters import call_model, map_tensors
+from ..adapters import map_tensors
 from ..errors import RanksearchError
 from ..tracing import InputShape, is_shape
+from ._runtimes import check_runtime, forward_runner
 
 __all__ = ["DTYPES", "LatencySettings", "device_name", "measure_seconds", "prepared"]
 
@@ -40,6 +41,9 @@ class LatencySettings:
         check_every: also time the whole compressed model every N-th trial, to compare with the
             prediction (0 = never; Pareto points are measured at the end of a run either way).
         table: path of the per-layer latency table (default: ``latency/<device>.json`` beside the study).
+        runtime: what runs the model: ``"torch"`` (eager, the default), ``"torch.compile"`` or
+            ``"onnxruntime"`` (the exported graph; ``pip install 'ranksearch[onnx]'``); see
+            :mod:`ranksearch.latency._runtimes`. Layers, whole models and spot checks are all timed in it.
     """
 
     device: str = "cpu"
@@ -51,6 +55,7 @@ class LatencySettings:
     min_sample_seconds: float = 0.002
     check_every: int = 10
     table: str | None = None
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -65,6 +70,7 @@ class LatencySettings:
             raise RanksearchError(f"latency device {self.device!r} requested but CUDA is not available on this machine")
         if device.type == "cpu" and self.dtype != "float32":
             raise RanksearchError(f"latency dtype {self.dtype} is for CUDA devices; on the CPU use float32")
+        check_runtime(self.runtime, device)
         for name, low in (("batch_size", 1), ("warmup", 0), ("repeats", 1), ("check_every", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -125,7 +131,8 @@ def measure_seconds(
     dict of tensors for ``module(**inputs)``), timed as it is: moved to the settings' device, its
     floating-point tensors cast to the settings' dtype (integer ones, e.g. token ids, kept).
 
-    The module is copied to the settings' device and dtype and run under ``torch.inference_mode``:
+    The module is copied to the settings' device and dtype, prepared for the settings' ``runtime``
+    (compiled, or exported to ONNX and loaded in onnxruntime) and run under ``torch.inference_mode``:
     ``warmup`` untimed runs, then ``repeats`` samples; a sample loops the module ``n`` times (``n``
     chosen once so a sample lasts ``min_sample_seconds``) and counts ``time / n``. CUDA work is
     synchronized before each clock reading.
@@ -138,12 +145,14 @@ def measure_seconds(
         dtype = settings.torch_dtype
         inputs = map_tensors(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device), input_shape)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with _threads(settings.threads):
+        forward = forward_runner(model, inputs, settings.runtime, settings.threads)
     with _threads(settings.threads), torch.inference_mode():
         for _ in range(settings.warmup):
-            call_model(model, inputs)
+            forward()
         sync()
         loops, start = 1, clock()
-        call_model(model, inputs)
+        forward()
         sync()
         once = clock() - start
         if settings.min_sample_seconds > 0 and once < settings.min_sample_seconds:
@@ -152,7 +161,7 @@ def measure_seconds(
         for _ in range(settings.repeats):
             start = clock()
             for _ in range(loops):
-                call_model(model, inputs)
+                forward()
             sync()
             samples.append((clock() - start) / loops)
     return statistics.median(samples)

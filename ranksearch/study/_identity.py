@@ -81,6 +81,8 @@ def study_identity(
         timing = asdict(latency)
         for bookkeeping in ("table", "check_every"):
             timing.pop(bookkeeping)
+        if timing.get("runtime") == "torch":  # the default, added later: studies stored before keep their identity
+            timing.pop("runtime")
         identity["latency"] = {**timing, "context": evaluator.latency.context}
     return identity
 
