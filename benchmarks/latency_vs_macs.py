@@ -16,6 +16,7 @@ table predicted its Pareto configs.
     python benchmarks/latency_vs_macs.py                      # digits CNN, 40 trials per study, batches 1 and 32
     python benchmarks/latency_vs_macs.py --trials 60 --batches 32
     python benchmarks/latency_vs_macs.py --device cuda --dtype bfloat16 --batches 1,256   # on a GPU
+    python benchmarks/latency_vs_macs.py --runtime onnxruntime      # the latency of the exported graphs
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed samples per latency measurement")
     parser.add_argument("--device", default="cpu", help="where to fine-tune, evaluate and time: cpu or cuda")
     parser.add_argument("--dtype", default="float32", help="timing dtype (bfloat16/float16 on cuda)")
+    parser.add_argument("--runtime", default="torch", help="what runs the model: torch, torch.compile, onnxruntime")
+    parser.add_argument("--channels-last", action="store_true", help="time 4-D tensors channels-last")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds over all Pareto configs (median kept)")
     parser.add_argument("--out", help="folder for the studies (default: a temporary folder)")
     args = parser.parse_args()
@@ -81,7 +84,14 @@ def main() -> None:
     base = dataclasses.replace(base, evaluator=dataclasses.replace(base.evaluator, device=args.device))
     settings = {
         b: LatencySettings(
-            device=args.device, dtype=args.dtype, batch_size=b, repeats=args.repeats, check_every=0, table=table
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=b,
+            repeats=args.repeats,
+            check_every=0,
+            table=table,
+            runtime=args.runtime,
+            channels_last=args.channels_last,
         )
         for b in batches
     }

@@ -12,6 +12,7 @@ from torch import nn
 
 import ranksearch as rs
 from ranksearch.latency import LatencyEstimator, LatencySettings, LatencyTable, measure_seconds
+from ranksearch.latency._measure import prepared
 from ranksearch.record import IDENTITY_ATTR
 
 FAST = {"threads": 1, "warmup": 2, "repeats": 3, "min_sample_seconds": 0.0}
@@ -66,3 +67,28 @@ def test_the_runtime_is_in_a_study_identity_only_when_it_is_not_eager_torch(tiny
     onnx = LatencySettings(runtime="onnxruntime", **FAST)
     other = make_search(tiny_task, objectives=["accuracy", "latency"], latency=onnx, study_name="onnx")
     assert other.study.user_attrs[IDENTITY_ATTR]["latency"]["runtime"] == "onnxruntime"
+
+
+def test_channels_last_times_4d_tensors_in_that_format_and_keeps_its_own_context():
+    model = conv_model()
+    settings = LatencySettings(channels_last=True, **FAST)
+    assert math.isfinite(measure_seconds(model, (1, 4, 8, 8), settings))
+    estimator = LatencyEstimator(model, (4, 8, 8), settings, LatencyTable())
+    assert estimator.context.endswith("| channels-last")
+    prepared_model = prepared(model, settings)
+    assert prepared_model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[0].weight.is_contiguous()  # the user's model is untouched
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels_last": 1}, "latency setting channels_last must be true or false, got 1"),
+        ({"channels_last": True, "runtime": "onnxruntime"}, "channels_last is for the torch runtimes"),
+    ],
+)
+def test_bad_channels_last_settings_are_named(kwargs, message):
+    if kwargs.get("runtime") == "onnxruntime":
+        pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'ranksearch[onnx]'")
+    with pytest.raises(rs.RanksearchError, match=message):
+        LatencySettings(**kwargs)

@@ -98,6 +98,7 @@ class LatencyEstimator:
         with _threads(self.settings.threads):
             hardware = device_name(self.settings.device)
         runtime = "" if self.settings.runtime == "torch" else f" | {_runtime_version(self.settings.runtime)}"
+        runtime += " | channels-last" if self.settings.channels_last else ""
         self.context = f"{hardware} | {self.settings.dtype} | torch {torch.__version__}{runtime}"
         """Where the table's timings hold: hardware, dtype, torch (and the runtime when it is not eager torch)."""
         self.layer_inputs = layer_inputs(model, self.input_shape)

@@ -44,6 +44,9 @@ class LatencySettings:
         runtime: what runs the model: ``"torch"`` (eager, the default), ``"torch.compile"`` or
             ``"onnxruntime"`` (the exported graph; ``pip install 'ranksearch[onnx]'``); see
             :mod:`ranksearch.latency._runtimes`. Layers, whole models and spot checks are all timed in it.
+        channels_last: time 4-D tensors (Conv2d weights and image inputs) in the channels-last memory
+            format, which cuDNN's fastest convolutions (and tensor cores) want; eager torch and
+            ``torch.compile`` only.
     """
 
     device: str = "cpu"
@@ -56,6 +59,7 @@ class LatencySettings:
     check_every: int = 10
     table: str | None = None
     runtime: str = "torch"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -71,6 +75,12 @@ class LatencySettings:
         if device.type == "cpu" and self.dtype != "float32":
             raise RanksearchError(f"latency dtype {self.dtype} is for CUDA devices; on the CPU use float32")
         check_runtime(self.runtime, device)
+        if not isinstance(self.channels_last, bool):
+            raise RanksearchError(f"latency setting channels_last must be true or false, got {self.channels_last!r}")
+        if self.channels_last and self.runtime == "onnxruntime":
+            raise RanksearchError(
+                "latency setting channels_last is for the torch runtimes; onnxruntime picks its own layout"
+            )
         for name, low in (("batch_size", 1), ("warmup", 0), ("repeats", 1), ("check_every", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -114,8 +124,10 @@ def _threads(count: int | None) -> Iterator[None]:
 
 
 def prepared(module: nn.Module, settings: LatencySettings) -> nn.Module:
-    """An eval-mode copy of ``module`` on the settings' device and dtype (the original is not touched)."""
-    return copy.deepcopy(module).to(device=settings.device, dtype=settings.torch_dtype).eval()
+    """An eval-mode copy of ``module`` on the settings' device and dtype, channels-last if asked (the original
+    is not touched)."""
+    copied = copy.deepcopy(module).to(device=settings.device, dtype=settings.torch_dtype).eval()
+    return copied.to(memory_format=torch.channels_last) if settings.channels_last else copied
 
 
 def measure_seconds(
@@ -144,6 +156,8 @@ def measure_seconds(
     else:
         dtype = settings.torch_dtype
         inputs = map_tensors(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device), input_shape)
+    if settings.channels_last:
+        inputs = map_tensors(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t, inputs)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with _threads(settings.threads):
         forward = forward_runner(model, inputs, settings.runtime, settings.threads)

@@ -81,8 +81,9 @@ def study_identity(
         timing = asdict(latency)
         for bookkeeping in ("table", "check_every"):
             timing.pop(bookkeeping)
-        if timing.get("runtime") == "torch":  # the default, added later: studies stored before keep their identity
-            timing.pop("runtime")
+        for added, default in (("runtime", "torch"), ("channels_last", False)):  # added later, at their defaults:
+            if timing.get(added) == default:  # studies stored before keep their identity
+                timing.pop(added)
         identity["latency"] = {**timing, "context": evaluator.latency.context}
     return identity
 
