@@ -58,6 +58,8 @@ def baseline_families(model: torch.nn.Module, layers: Sequence[str], input_shape
         "uniform tucker2": lambda b: uniform_config(
             model, cost_fraction=b, method="tucker2", layers=on("tucker2"), **shape
         ),
+        "uniform cp": lambda b: uniform_config(model, cost_fraction=b, method="cp", layers=on("cp"), **shape),
+        "uniform tt": lambda b: uniform_config(model, cost_fraction=b, method="tt", layers=on("tt"), **shape),
         "error-balanced svd": lambda b: error_balanced_config(
             model, b, method="svd", layers=on("svd"), cache=cache, **shape
         ),

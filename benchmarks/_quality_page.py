@@ -22,6 +22,8 @@ from ranksearch.training import evaluate_accuracy
 BASELINES = (
     "uniform svd",
     "uniform tucker2",
+    "uniform cp",
+    "uniform tt",
     "error-balanced svd",
     "error-balanced tucker2",
     "energy svd",
