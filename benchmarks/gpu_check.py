@@ -16,7 +16,8 @@ wheels to carry)::
 
     python benchmarks/gpu_check.py --device cuda --out $OUT --page $OUT/RESULTS_cuda.md
 
-Without a GPU, ``--device cpu`` runs the same steps smaller (the dry run that tests this script)::
+Without a GPU, ``--device cpu`` runs the same steps smaller (the dry run that tests this script; its latency
+study uses the ``per-layer`` strategy, which skips the sensitivity pass that takes most of an hour on a CPU)::
 
     python benchmarks/gpu_check.py --device cpu --trials 4 --batch 8 --out runs/gpu_check
 """
@@ -46,6 +47,7 @@ STUDY = """[study]
 name = "gpu_resnet20"
 n_trials = {trials}
 seed = 0
+strategy = "{strategy}"
 [model]
 name = "resnet20"
 [data]
@@ -111,7 +113,8 @@ def latency_study(args: argparse.Namespace, out: Path) -> str:
     """``latency_vs_macs.py`` on the generated ResNet-20 / digits study; its printed report."""
     study = out / "gpu_resnet20.toml"
     epochs = 15 if args.device != "cpu" else 1
-    study.write_text(STUDY.format(trials=args.trials, epochs=epochs, device=args.device))
+    strategy = "allocate" if args.device != "cpu" else "per-layer"  # the dry run skips the sensitivity pass
+    study.write_text(STUDY.format(trials=args.trials, epochs=epochs, device=args.device, strategy=strategy))
     dtype, channels_last = ("bfloat16", ["--channels-last"]) if args.device != "cpu" else ("float32", [])
     command = [
         sys.executable, str(HERE / "latency_vs_macs.py"), "--study", str(study), "--trials", str(args.trials),

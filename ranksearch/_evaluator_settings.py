@@ -27,7 +27,7 @@ __all__ = [
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 USER_FUNCTIONS = ("metric", "loss", "batch", "output", "calibration")
 """The settings that name the user's functions (``"package.module:function"``)."""
-ADDED_SETTINGS = {"calibration_batches": 0, "calibration": None}
+ADDED_SETTINGS = {"calibration_batches": 0, "calibration": None, "grad_clip": None}
 """Settings added after studies were stored, with the defaults that mean "as before": a study's identity
 leaves them out at these values, so studies stored earlier resume."""
 
@@ -70,6 +70,10 @@ class EvaluatorSettings:
             labels); None: the default split (:mod:`ranksearch.adapters`).
         output: ``"package.module:function"`` of ``output(model_outputs) -> Tensor``, the tensor the metric
             and the loss see; None: the default (a tensor; a tuple's first item; a dict's ``logits``).
+        grad_clip: clip the fine-tune's gradient norm (over all parameters) to this before each step; None:
+            no clipping. CP chains need it: on ResNet-20 / Fashion-MNIST, uniform CP at 25% of the MACs went
+            from 0.926 (recalibrated) down to 0.880 after the 100-step fine-tune without clipping, and up to
+            0.938 with ``grad_clip = 1.0``.
         calibration_batches: batches whose inputs' second moments the data-aware methods (``svd_whiten``,
             ``tucker2_whiten``, ``cp_refit``, ``tt_refit``) fit to (:mod:`ranksearch.calibration`); 0 = no
             calibration (those methods cannot be used). Drawn from the training loader like the fine-tune's
@@ -101,6 +105,7 @@ class EvaluatorSettings:
     output: str | None = None
     calibration_batches: int = 0
     calibration: str | None = None
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("finetune_steps", "bn_batches", "seed", "calibration_batches"):
@@ -119,6 +124,11 @@ class EvaluatorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise RanksearchError(f"evaluator setting {name} must be a number in [0, 1], got {value!r}")
+        clip = self.grad_clip
+        if clip is not None and (
+            isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < math.inf
+        ):
+            raise RanksearchError(f"evaluator setting grad_clip must be a finite number > 0 or None, got {clip!r}")
         t = self.distill_temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
             raise RanksearchError(f"evaluator setting distill_temperature must be a finite number > 0, got {t!r}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from torch import nn
 
 from ._evaluator_settings import AMP_DTYPES, EvaluatorSettings, check_objectives_have_labels, user_function
 from ._fixed_data import check_model_on_data, take_batches
+from ._stopwatch import Stopwatch
 from .adapters import BatchAdapter, batch_size, call_model, describe, first_samples
 from .attention import unpack_attention
 from .cache import FactorCache
@@ -259,11 +259,14 @@ class Evaluator:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tune loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            if s.grad_clip is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             if scaler is None:
-                loss.backward()
                 optimizer.step()
             else:
-                scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
         model.eval()
@@ -302,7 +305,7 @@ class Evaluator:
         """
         resolved = config.resolve(self.model)  # a bad config is an error, not a failed trial
         result = Evaluation(config=config)
-        watch = _Stopwatch(result.seconds)
+        watch = Stopwatch(result.seconds)
         torch.manual_seed(self.settings.seed)
         try:
             model = self.compress(resolved)
@@ -331,7 +334,7 @@ class Evaluator:
         result: Evaluation,
         resolved: Sequence[ResolvedLayer],
         model: nn.Module,
-        watch: _Stopwatch,
+        watch: Stopwatch,
         *,
         measure_latency: bool,
     ) -> None:
@@ -354,7 +357,7 @@ class Evaluator:
                 result.latency_measured_seconds = self.latency.measure_model(model)
             watch.lap("latency")
 
-    def _measure_metric(self, result: Evaluation, model: nn.Module, watch: _Stopwatch) -> None:
+    def _measure_metric(self, result: Evaluation, model: nn.Module, watch: Stopwatch) -> None:
         """The metric (and fidelity) zero-shot, after recalibration and after the fine-tune (unless skipped)."""
         self._record(result, model, "accuracy_zero_shot")
         if self.recalibrate(model):
@@ -380,21 +383,3 @@ class Evaluator:
         if self.labels:
             result.accuracy = accuracy
             setattr(result, stage, accuracy)
-
-
-class _Stopwatch:
-    """Wall times of consecutive phases, written to ``seconds`` by name as each one ends."""
-
-    def __init__(self, seconds: dict[str, float]) -> None:
-        self.seconds = seconds
-        self.start = self.clock = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        """End phase ``name`` (begun at the previous lap, or at the start) and begin the next one."""
-        now = time.perf_counter()
-        self.seconds[name] = now - self.clock
-        self.clock = now
-
-    def total(self) -> float:
-        """Seconds since the start."""
-        return time.perf_counter() - self.start

@@ -170,3 +170,28 @@ def test_evaluator_does_not_import_optuna():
     code = "import sys, ranksearch.evaluator, ranksearch.space, ranksearch.studyfile; print('optuna' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), True, "1"])
+def test_a_bad_grad_clip_is_named(value):
+    with pytest.raises(rs.RanksearchError, match="evaluator setting grad_clip must be a finite number > 0 or None"):
+        EvaluatorSettings(grad_clip=value)
+
+
+def test_grad_clip_bounds_each_fine_tune_step(tiny_task):
+    """With lr 1, no momentum and no weight decay, one step moves the parameters by the clipped gradient:
+    its norm is at most ``grad_clip``; without clipping it is the full (larger) gradient."""
+    model, train_loader, val_loader = tiny_task
+    config = rs.CompressionConfig({})
+    moved = {}
+    for clip in (None, 1e-3):
+        settings = EvaluatorSettings(
+            finetune_steps=1, lr=1.0, momentum=0.0, weight_decay=0.0, bn_batches=0, eval_batches=1, grad_clip=clip
+        )
+        evaluator = Evaluator(model, train_loader, val_loader, settings)
+        small = evaluator.compress(config.resolve(evaluator.model))
+        before = torch.cat([p.detach().flatten().clone() for p in small.parameters()])
+        evaluator.finetune(small)
+        after = torch.cat([p.detach().flatten() for p in small.parameters()])
+        moved[clip] = float((after - before).norm())
+    assert moved[1e-3] <= 1e-3 * (1 + 1e-4) < moved[None]
