@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._fixed_data import take_batches
-from .adapters import BatchAdapter, call_model, leaf_tensors
+from .adapters import BatchAdapter, batch_size, call_model, leaf_tensors
 from .attention import searchable_view
 from .decompositions import InputStatistics, is_linear_like
 from .decompositions._modules import linear_dims
@@ -276,11 +276,10 @@ def calibrate_batches(
         except AttributeError:
             raise RanksearchError(f"calibration: the model has no layer {name!r}") from None
     data = hashlib.blake2b(model_digest(model).encode(), digest_size=16)
-    samples = 0
     for index, (inputs, _) in enumerate(kept):
         for leaf in leaf_tensors(inputs):
             _update(data, str(index), leaf)
-        samples += next(iter(leaf_tensors(inputs))).shape[0] if leaf_tensors(inputs) else 0
+    samples = sum(batch_size(inputs) for inputs, _ in kept)
     passes = _passes(modules, max_bytes)
     statistics: dict[str, InputStatistics] = {}
     was_training = view.training

@@ -168,9 +168,10 @@ class Evaluator:
     def _calibrate(self, train_loader: Iterable) -> Calibration | None:
         """Statistics of ``calibration_batches`` batches of the ``calibration`` loader (default: the training
         loader, drawn with the seed as the fine-tune's batches are), or None when 0."""
-        s, factory = self.settings, user_function(self.settings, "calibration")
+        s = self.settings
         if not s.calibration_batches:
             return None
+        factory = user_function(s, "calibration")
         loader = train_loader if factory is None else factory()
         batches = take_batches(loader, s.calibration_batches, self.device, "calibration", s.seed, self.adapter)
         return calibrate_batches(self.model, batches)

@@ -91,7 +91,14 @@ def export_config(
     config.save(folder / "config.json")
     model = model.cpu().eval()
     path = save(
-        folder / "model.pt", model, config, evaluator.model, builtin=builtin, metadata=facts, cache=evaluator.cache
+        folder / "model.pt",
+        model,
+        config,
+        evaluator.model,
+        builtin=builtin,
+        metadata=facts,
+        cache=evaluator.cache,
+        calibration=evaluator.calibration,
     )
     log(f"config: {folder / 'config.json'}\nmodel: {path}")
     load_hint = "rs.load(path)" if builtin else "rs.load(path, base_model=YourModel())"

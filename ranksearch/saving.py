@@ -22,8 +22,8 @@ from torch import nn
 from .attention import unpack_attention
 from .cache import FactorCache
 from .compress import replace_module
-from .config import CompressionConfig
-from .decompositions import Decomposition, get_method
+from .config import CompressionConfig, ResolvedLayer
+from .decompositions import InputStatistics, get_method
 from .errors import RanksearchError
 
 __all__ = ["FORMAT", "base_signature", "load", "save"]
@@ -55,6 +55,7 @@ def save(
     builtin: Mapping[str, object] | None = None,
     metadata: Mapping[str, object] | None = None,
     cache: FactorCache | None = None,
+    calibration: Mapping[str, InputStatistics] | None = None,
 ) -> Path:
     """Save ``compressed`` (``apply(base_model, config)``, possibly fine-tuned) so :func:`load` rebuilds it.
 
@@ -67,12 +68,13 @@ def save(
             so the file loads without ``base_model``.
         metadata: JSON-ready facts to keep with the weights (study, trial, accuracies...).
         cache: a warm :class:`FactorCache` (the evaluator's) to read factor shapes without decomposing again.
+        calibration: the statistics data-aware layers were fitted to, so their factors come from that warm cache
+            too; without them, a data-aware layer's shapes are read from its plain twin's factors (the same shapes).
     """
     cache = cache or FactorCache()
     builtin, metadata = _plain("builtin", builtin), _plain("metadata", metadata or {})
     factor_shapes = {
-        layer.name: [list(f.shape) for f in cache.factors(layer.module, _shaped_like(layer.method), layer.rank)]
-        for layer in config.resolve(base_model)
+        layer.name: [list(f.shape) for f in _factors(cache, layer, calibration)] for layer in config.resolve(base_model)
     }
     payload = {
         "format": FORMAT,
@@ -192,6 +194,12 @@ def load(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
     return model.eval()
 
 
-def _shaped_like(method: Decomposition) -> Decomposition:
-    """A method whose factors have ``method``'s shapes without calibration data: a data-aware method's plain one."""
-    return get_method(method.plain) if method.data_aware and method.plain else method
+def _factors(cache: FactorCache, layer: ResolvedLayer, calibration: Mapping[str, InputStatistics] | None) -> tuple:
+    """The layer's factors for their shapes: a data-aware layer's own where its statistics are given, else its plain
+    twin's (the same shapes, no calibration data needed)."""
+    method = layer.method
+    if not method.data_aware:
+        return cache.factors(layer.module, method, layer.rank)
+    if calibration is not None and layer.name in calibration:
+        return cache.factors(layer.module, method, layer.rank, calibration[layer.name])
+    return cache.factors(layer.module, get_method(method.plain), layer.rank)

@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "DEFAULT_DAMPING",
+    "DataAware",
     "InputStatistics",
     "damped",
     "output_error",
@@ -175,3 +176,26 @@ def refit_if_better(
     plain_error = output_error(weight, output.double() @ inner, moment)
     refit_error = output_error(weight, refit @ inner, moment)
     return (refit if refit_error < plain_error else output.double()).to(output.dtype)
+
+
+class DataAware:
+    """What every data-aware method shares, mixed in before its plain twin (``class X(DataAware, SVD, ...)``):
+    the ``damping`` setting (keyword-only; the twin's own arguments pass through), its place in the factor-cache
+    key, and a ``prepare`` that checks the statistics fit an ungrouped layer and hands them to ``factorize``.
+
+    Args:
+        damping: relative damping of the second moment before roots and solves.
+    """
+
+    data_aware = True
+
+    def __init__(self, *args: object, damping: float = DEFAULT_DAMPING, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.damping = damping
+
+    def cache_token(self) -> tuple[object, ...]:
+        return (*super().cache_token(), self.damping)
+
+    def prepare(self, module: object, statistics: InputStatistics) -> object:
+        statistics.check_for(1, module.weight[0].numel())
+        return statistics

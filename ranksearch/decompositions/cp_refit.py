@@ -14,32 +14,20 @@ import torch
 from torch import nn
 
 from ._base import Factors, Rank
-from ._statistics import DEFAULT_DAMPING, InputStatistics, refit_if_better
+from ._statistics import DataAware, refit_if_better
 from .cp import CP
 
 __all__ = ["RefitCP"]
 
 
-class RefitCP(CP, name="cp_refit"):
+class RefitCP(DataAware, CP, name="cp_refit"):
     """CP-ALS at rank ``R``, then the output factor refitted by least squares in the data's metric.
 
     Args:
         damping: relative damping of the second moment; the other arguments are :class:`CP`'s.
     """
 
-    data_aware = True
     plain = "cp"
-
-    def __init__(self, tol: float = 1e-5, max_iter: int = 200, seed: int = 0, damping: float = DEFAULT_DAMPING) -> None:
-        super().__init__(tol=tol, max_iter=max_iter, seed=seed)
-        self.damping = damping
-
-    def cache_token(self) -> tuple[object, ...]:
-        return (*super().cache_token(), self.damping)
-
-    def prepare(self, module: nn.Module, statistics: InputStatistics) -> InputStatistics:
-        statistics.check_for(1, module.weight[0].numel())
-        return statistics
 
     def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> Factors:
         a_out, *rest = super().factorize(module, rank, None)

@@ -19,27 +19,20 @@ import torch
 from torch import nn
 
 from ._base import Factors
-from ._statistics import DEFAULT_DAMPING, InputStatistics, whitening
+from ._statistics import DataAware, InputStatistics, whitening
 from .svd import SVD, folded_weight
 
 __all__ = ["WhitenedSVD"]
 
 
-class WhitenedSVD(SVD, name="svd_whiten"):
+class WhitenedSVD(DataAware, SVD, name="svd_whiten"):
     """Rank-``r`` SVD of ``W S`` mapped back by ``S^-1``: the output-error-optimal rank-``r`` weight.
 
     Args:
         damping: relative damping of the second moment before its root is taken.
     """
 
-    data_aware = True
     plain = "svd"
-
-    def __init__(self, damping: float = DEFAULT_DAMPING) -> None:
-        self.damping = damping
-
-    def cache_token(self) -> tuple[object, ...]:
-        return (self.damping,)
 
     def prepare(self, module: nn.Module, statistics: InputStatistics) -> Factors:
         matrices = folded_weight(module)  # (g, rows, d)

@@ -17,36 +17,25 @@ from torch import nn
 
 from ._base import Factors, Rank
 from ._modules import is_linear_like
-from ._statistics import DEFAULT_DAMPING, InputStatistics, refit_if_better
+from ._statistics import DataAware, refit_if_better
 from .tt import TT
 
 __all__ = ["RefitTT"]
 
 
-class RefitTT(TT, name="tt_refit"):
+class RefitTT(DataAware, TT, name="tt_refit"):
     """TT-SVD of a conv kernel, then the output core refitted by least squares in the data's metric.
 
     Args:
         damping: relative damping of the second moment.
     """
 
-    data_aware = True
     plain = "tt"
-
-    def __init__(self, damping: float = DEFAULT_DAMPING) -> None:
-        self.damping = damping
-
-    def cache_token(self) -> tuple[object, ...]:
-        return (self.damping,)
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
         if is_linear_like(module):
             return "a TT-matrix Linear has no output factor to refit (svd_whiten is the data-aware choice)"
         return super().unsupported_reason(module)
-
-    def prepare(self, module: nn.Module, statistics: InputStatistics) -> InputStatistics:
-        statistics.check_for(1, module.weight[0].numel())
-        return statistics
 
     def factorize(self, module: nn.Module, rank: Rank, prepared: object) -> Factors:
         *inner_cores, last = super().factorize(module, rank, None)  # last: (r, O, 1)

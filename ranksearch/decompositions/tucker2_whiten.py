@@ -26,28 +26,21 @@ import torch
 from torch import nn
 
 from ._base import Factors, Rank
-from ._statistics import DEFAULT_DAMPING, InputStatistics, damped, output_error, whitening
+from ._statistics import DataAware, InputStatistics, damped, output_error, whitening
 from .tucker2 import Tucker2, _hosvd, group_weights, stack_groups
 
 __all__ = ["WhitenedTucker2"]
 
 
-class WhitenedTucker2(Tucker2, name="tucker2_whiten"):
+class WhitenedTucker2(DataAware, Tucker2, name="tucker2_whiten"):
     """Tucker-2 ranks ``(r_out, r_in)`` fitted to the output error on calibration data.
 
     Args:
         damping: relative damping of the second moments before roots and solves.
     """
 
-    data_aware = True
     plain = "tucker2"
     nested = False
-
-    def __init__(self, damping: float = DEFAULT_DAMPING) -> None:
-        self.damping = damping
-
-    def cache_token(self) -> tuple[object, ...]:
-        return (self.damping,)
 
     def prepare(self, module: nn.Module, statistics: InputStatistics) -> list[dict[str, torch.Tensor]]:
         kernels = group_weights(module)  # (O/g, I/g, *k) each
