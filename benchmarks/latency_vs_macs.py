@@ -36,6 +36,7 @@ from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.pat
 
 from ranksearch.compress import apply_resolved
 from ranksearch.latency import LatencyEstimator, LatencySettings, LatencyTable
+from ranksearch.report._latency_check import fit_latency_scale, latency_check_frame
 from ranksearch.runner import prepare
 from ranksearch.studyfile import load_study_file
 
@@ -75,7 +76,9 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="time 4-D tensors channels-last")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds over all Pareto configs (median kept)")
     parser.add_argument("--out", help="folder for the studies (default: a temporary folder)")
+    parser.add_argument("--results", help="write this runtime's section of a results page (markdown) here")
     args = parser.parse_args()
+    started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study instead of one per trial
     batches = [int(b) for b in args.batches.split(",")]
     base = load_study_file(args.study)
@@ -112,59 +115,130 @@ def main() -> None:
         b: LatencyEstimator(evaluator.model, evaluator.dense.input_shape[1:], settings[b], LatencyTable(table))
         for b in batches
     }
+    fronts = time_fronts(searches, evaluator, timers, batches, args.rounds)
+    dense_accuracy = evaluator.dense.accuracy
+    print(f"\ndense model: accuracy {dense_accuracy:.4f}; " + ", ".join(
+        f"{fronts[f'dense_ms_b{b}'].median():.3f} ms at batch {b}" for b in batches))  # fmt: skip
+    sections = []
+    for b in batches:
+        check = prediction_check(fronts[fronts["study"] == f"latency_b{b}"], b, args.rounds)
+        picks = matched_picks(fronts, b, dense_accuracy)
+        print(f"\n--- batch {b}: {check['text']}")
+        print(picks.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        sections.append((b, check, picks))
+    print("\nAll Pareto configs, measured (ms; ratio = over the dense model timed next to it):")
+    print(fronts.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.results:
+        write_section(Path(args.results), args, sections, fronts, time.perf_counter() - started, dense_accuracy)
+        print(f"results page: {args.results}")
+
+
+def time_fronts(searches, evaluator, timers, batches, rounds) -> pd.DataFrame:
+    """Every Pareto config of every study, timed at every batch size against the dense model timed interleaved
+    with it, ``rounds`` times round-robin: ``ms_b<B>``, ``dense_ms_b<B>`` and ``ratio_b<B>`` (medians), and
+    ``ratio_b<B>_r<i>`` per round (the spread across rounds)."""
     rows, models = [], []
     for name, search in searches.items():
         results = search.results()
         for _, row in results.pareto().iterrows():
             resolved = results.config(int(row["trial"])).resolve(evaluator.model)
             models.append(apply_resolved(evaluator.model, resolved, cache=evaluator.cache))
-            entry = {"study": name, "trial": int(row["trial"]), "accuracy": row["accuracy"], "macs": row["macs_ratio"]}
+            entry = {"study": name, "trial": int(row["trial"]), "accuracy": row["accuracy"], "macs": row["macs_ratio"],
+                     "methods": row["methods"]}  # fmt: skip
             if name.startswith("latency_b"):
-                entry["predicted_ms"] = row["latency_ms"]
+                entry["predicted_ratio"] = row["latency_ratio"]
             rows.append(entry)
-    for b in batches:  # round-robin rounds, median per config: drift and bursts of load hit every config alike
-        rounds = [[timers[b].measure_model(model) * 1e3 for model in models] for _ in range(args.rounds)]
+    for b in batches:  # round-robin rounds: drift and bursts of load hit every config alike
+        timed = [[timers[b].measure_against_dense(model) for model in models] for _ in range(rounds)]
         for i, entry in enumerate(rows):
-            entry[f"ms_b{b}"] = statistics.median(r[i] for r in rounds)
-    fronts = pd.DataFrame(rows)
-    dense_ms = {b: timers[b].dense_seconds * 1e3 for b in batches}
-    dense_accuracy = evaluator.dense.accuracy
-    print(
-        f"\ndense model: accuracy {dense_accuracy:.4f}; "
-        + ", ".join(f"{dense_ms[b]:.3f} ms at batch {b}" for b in batches)
-    )
+            entry[f"ms_b{b}"] = statistics.median(r[i][0] for r in timed) * 1e3
+            entry[f"dense_ms_b{b}"] = statistics.median(r[i][1] for r in timed) * 1e3
+            entry[f"ratio_b{b}"] = statistics.median(r[i][0] / r[i][1] for r in timed)
+            for k, r in enumerate(timed):
+                entry[f"ratio_b{b}_r{k}"] = r[i][0] / r[i][1]
+    return pd.DataFrame(rows)
 
-    for b in batches:
-        latency_front = fronts[fronts["study"] == f"latency_b{b}"]
-        # the latency study's own batch: its predictions were made for this batch size
-        error = (latency_front["predicted_ms"] / latency_front[f"ms_b{b}"] - 1).abs()
-        print(
-            f"\n--- batch {b}: latency-table prediction, median |error| {error.median():.1%} "
-            f"over {len(error)} Pareto configs"
-        )
-        table_rows = []
-        for drop in TARGET_DROPS:
-            target = dense_accuracy - drop
-            by_macs = choose(fronts[fronts["study"] == "macs"], target, "macs")
-            by_latency = choose(latency_front.assign(pred=latency_front["predicted_ms"]), target, "pred")
-            if by_macs is None or by_latency is None:
-                continue
-            table_rows.append(
-                {
-                    "accuracy >=": round(target, 4),
-                    "macs pick (trial, acc, macs)": describe(by_macs),
-                    "macs pick ms": by_macs[f"ms_b{b}"],
-                    "macs pick vs dense": dense_ms[b] / by_macs[f"ms_b{b}"],
-                    "latency pick (trial, acc, macs)": describe(by_latency),
-                    "latency pick ms": by_latency[f"ms_b{b}"],
-                    "latency pick vs dense": dense_ms[b] / by_latency[f"ms_b{b}"],
-                    "speed-up of latency pick": by_macs[f"ms_b{b}"] / by_latency[f"ms_b{b}"],
-                }
-            )
-        print(pd.DataFrame(table_rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("\nAll Pareto configs, measured (ms):")
-    print(fronts.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
+def prediction_check(front: pd.DataFrame, batch: int, rounds: int) -> dict[str, object]:
+    """Median |error| of the latency study's predicted ratios against the measured ones: raw, with the
+    per-model scale fitted leave-one-out, per round (the spread), and of absolute ms against the table's
+    dense timing (what predicting seconds instead of ratios would give)."""
+    predicted, measured = front["predicted_ratio"].to_numpy(), front[f"ratio_b{batch}"].to_numpy()
+    check = latency_check_frame(
+        pd.DataFrame({"trial": front["trial"], "latency_ratio": predicted, "latency_ms": predicted,
+                      "latency_measured_ms": measured, "latency_reference_ms": 1.0, "is_pareto": True}), None,
+    )  # fmt: skip
+    raw = float(check["error"].abs().median())
+    corrected = float(check["corrected_error"].abs().median())
+    per_round = [float((front["predicted_ratio"] / front[f"ratio_b{batch}_r{k}"] - 1).abs().median())
+                 for k in range(rounds)]  # fmt: skip
+    scale = fit_latency_scale(predicted, measured)
+    text = (f"{len(front)} Pareto configs of the latency study: median |error| of the predicted ratio {raw:.1%} "
+            f"(rounds: {', '.join(f'{e:.1%}' for e in per_round)}), {corrected:.1%} with the per-model scale "
+            f"(leave-one-out; fitted on all: {scale:.2f})")  # fmt: skip
+    return {"configs": len(front), "raw": raw, "corrected": corrected, "rounds": per_round, "scale": scale,
+            "text": text}  # fmt: skip
+
+
+def matched_picks(fronts: pd.DataFrame, batch: int, dense_accuracy: float) -> pd.DataFrame:
+    """At each accuracy target, the MACs study's cheapest-in-MACs pick and the latency study's fastest
+    (predicted) pick, both measured: the speed-up of the latency pick over the MACs pick."""
+    latency_front = fronts[fronts["study"] == f"latency_b{batch}"]
+    rows = []
+    for drop in TARGET_DROPS:
+        target = dense_accuracy - drop
+        by_macs = choose(fronts[fronts["study"] == "macs"], target, "macs")
+        by_latency = choose(latency_front, target, "predicted_ratio")
+        if by_macs is None or by_latency is None:
+            continue
+        rows.append({
+            "accuracy >=": round(target, 4),
+            "MACs pick (trial, acc, macs)": describe(by_macs), "MACs pick methods": by_macs["methods"],
+            "MACs pick vs dense": 1 / by_macs[f"ratio_b{batch}"],
+            "latency pick (trial, acc, macs)": describe(by_latency), "latency pick methods": by_latency["methods"],
+            "latency pick vs dense": 1 / by_latency[f"ratio_b{batch}"],
+            "speed-up of latency pick": by_macs[f"ratio_b{batch}"] / by_latency[f"ratio_b{batch}"],
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_section(path: Path, args, sections, fronts, seconds: float, dense_accuracy: float) -> None:
+    """This run's section of the results page (one per runtime and layout; other sections are kept)."""
+    key = f"{args.runtime}{' channels-last' if args.channels_last else ''} on {args.device}"
+    lines = [f"<!-- run: {key} -->", f"## {key}", "",
+             f"{cpu_model()}, threads {torch.get_num_threads()}, torch {torch.__version__}; study file {args.study}, "
+             f"{args.trials} trials per study, {args.rounds} timing rounds; the whole run took {seconds / 60:.1f} min "
+             f"({time.strftime('%Y-%m-%d %H:%M')}). Dense accuracy {dense_accuracy:.4f}.", ""]  # fmt: skip
+    lines += ["| batch | dense (ms) | Pareto configs | median error, predicted ratio | per round | "
+              "with per-model scale (leave-one-out) | scale |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for b, check, _ in sections:
+        dense_ms = fronts[f"dense_ms_b{b}"].median()
+        lines.append(f"| {b} | {dense_ms:.3f} | {check['configs']} | {check['raw']:.1%} | "
+                     f"{' / '.join(f'{e:.1%}' for e in check['rounds'])} | {check['corrected']:.1%} | "
+                     f"{check['scale']:.2f} |")  # fmt: skip
+    for b, _, picks in sections:
+        lines += ["", f"Batch {b}: latency pick vs MACs pick at matched accuracy (measured, speed-ups over dense)", ""]
+        lines += [picks.to_markdown(index=False, floatfmt=".3f") if len(picks) else "(no target both studies met)"]
+    text = path.read_text() if path.exists() else PAGE_HEAD
+    marker = f"<!-- run: {key} -->"
+    if marker in text:  # replace this runtime's section, keep the others
+        head, rest = text.split(marker, 1)
+        tail = rest.split("<!-- run: ", 1)
+        text = head + "\n".join(lines) + "\n\n" + ("<!-- run: " + tail[1] if len(tail) > 1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+PAGE_HEAD = """# Latency: prediction and the latency objective, per runtime
+
+Written by `benchmarks/latency_vs_macs.py --results benchmarks/RESULTS_latency.md` (one section per runtime).
+Each run searches the study file on (accuracy, MACs) once and on (accuracy, latency) once per batch size,
+then times every Pareto config of every study against the dense model timed interleaved with it, in rounds.
+*Predicted ratio*: the latency table's prediction as a fraction of the dense model. *Measured ratio*: the
+whole compressed model over the dense model timed next to it. The per-model scale corrects the predicted
+change (``1 + s (predicted - 1)``), fitted on the other configs (leave-one-out).
+"""
 
 if __name__ == "__main__":
     main()

@@ -36,6 +36,7 @@ from .costs import count
 from .errors import RanksearchError
 from .fidelity import agreement, distillation_loss, reference, resolve_kind
 from .latency import LatencyEstimator, LatencySettings, LatencyTable
+from .memory import MemoryMeter, MemorySettings
 from .record import Measurements, trial_attributes
 
 __all__ = ["DenseMeasurement", "Evaluation", "Evaluator", "EvaluatorSettings"]
@@ -47,8 +48,8 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class DenseMeasurement:
     """The uncompressed model measured once: accuracy on the validation subset (NaN when the batches carry
-    no labels), MACs and params, and its latency in seconds when latency is measured (batch, device and
-    dtype as the latency settings say). ``input_shape`` is the input the MACs are counted for: a shape
+    no labels), MACs and params, its latency in seconds (as the latency settings say) and memory in bytes
+    (:class:`MemorySettings`) when measured. ``input_shape`` is the input the MACs are counted for: a shape
     for a model called with one tensor, else the shapes of its example input
     (:func:`ranksearch.adapters.describe`, e.g. ``{"input_ids": (1, 16), "attention_mask": (1, 16)}``);
     the example itself is :attr:`Evaluator.example_input`."""
@@ -58,6 +59,7 @@ class DenseMeasurement:
     params: int
     input_shape: tuple[int, ...] | list | dict
     latency_seconds: float | None = None
+    memory_bytes: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -93,6 +95,7 @@ class Evaluator:
         cache: a shared :class:`FactorCache` (a private one by default).
         latency: how latency is measured (None: not measured).
         latency_table: where layer latencies are kept.
+        memory: where and at what batch the memory of each config is counted (None: not counted).
         adapter: how batches are split and outputs read (wins over ``settings.batch`` and ``settings.output``).
         objectives: the study's objectives, if known: ``fidelity`` among them makes every trial measure it
             (it is measured anyway when the validation batches carry no labels), and ``accuracy`` among
@@ -117,6 +120,7 @@ class Evaluator:
         adapter: BatchAdapter | None = None,
         objectives: Sequence[str] | None = None,
         calibration: Calibration | None = None,
+        memory: MemorySettings | None = None,
     ) -> None:
         self.settings = s = settings or EvaluatorSettings()
         if s.threads is not None:
@@ -145,12 +149,12 @@ class Evaluator:
         )
         self.fidelity_kind = resolve_kind(s.fidelity, outputs)
         self._references = self._dense_references() if not self.labels or "fidelity" in (objectives or ()) else None
-        self._set_dense(latency, latency_table)
+        self._set_dense(latency, latency_table, memory)
         self.calibration = calibration if calibration is not None else self._calibrate(train_loader)
         """Input statistics for data-aware methods, or None."""
 
-    def _set_dense(self, latency: LatencySettings | None, latency_table: LatencyTable | None) -> None:
-        """The example input the MACs are counted on, the latency estimator and the dense measurement."""
+    def _set_dense(self, latency: LatencySettings | None, table: LatencyTable | None, memory: MemorySettings | None):
+        """The example input the MACs are counted on, the latency estimator, memory meter and dense measurement."""
         inputs = self.val_batches[0][0]
         if isinstance(inputs, torch.Tensor):
             self.example_input: object = (1, *inputs.shape[1:])
@@ -161,9 +165,12 @@ class Evaluator:
             self.example_input = first_samples(inputs, 1, batch_size(inputs))
             input_shape, sample = describe(self.example_input), self.example_input
         cost = count(self.model, self.example_input)
-        self.latency = None if latency is None else LatencyEstimator(self.model, sample, latency, latency_table)
+        self.latency = None if latency is None else LatencyEstimator(self.model, sample, latency, table)
         latency_seconds = None if self.latency is None else self.latency.dense_seconds
-        self.dense = DenseMeasurement(self.measure(self.model), cost.macs, cost.params, input_shape, latency_seconds)
+        self.memory = None if memory is None else MemoryMeter(self.model, sample, memory)
+        memory_bytes = None if self.memory is None else self.memory.dense.total_bytes
+        accuracy = self.measure(self.model)
+        self.dense = DenseMeasurement(accuracy, cost.macs, cost.params, input_shape, latency_seconds, memory_bytes)
 
     def _calibrate(self, train_loader: Iterable) -> Calibration | None:
         """Statistics of ``calibration_batches`` batches of the ``calibration`` loader (default: the training
@@ -339,7 +346,7 @@ class Evaluator:
         *,
         measure_latency: bool,
     ) -> None:
-        """Layer errors, MACs, params and (with latency settings) latency of ``model`` into ``result``."""
+        """Layer errors, MACs, params, and (with their settings) latency and memory of ``model`` into ``result``."""
         result.layer_errors = {
             layer.name: self.cache.relative_error(
                 layer.module, layer.method, layer.rank, (self.calibration or {}).get(layer.name)
@@ -355,8 +362,14 @@ class Evaluator:
             result.latency_seconds = self.latency.predict(resolved, model)
             result.latency_ratio = result.latency_seconds / self.latency.dense_seconds
             if measure_latency:
-                result.latency_measured_seconds = self.latency.measure_model(model)
+                timed = self.latency.measure_against_dense(model)
+                result.latency_measured_seconds, result.latency_reference_seconds = timed
             watch.lap("latency")
+        if self.memory is not None:
+            use = self.memory.measure(model)
+            result.memory_bytes, result.memory_activations_bytes = use.total_bytes, use.activations_bytes
+            result.memory_ratio = use.total_bytes / self.memory.dense.total_bytes
+            watch.lap("memory")
 
     def _measure_metric(self, result: Evaluation, model: nn.Module, watch: Stopwatch) -> None:
         """The metric (and fidelity) zero-shot, after recalibration and after the fine-tune (unless skipped)."""

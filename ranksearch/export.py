@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -20,7 +20,7 @@ from torch import nn
 from .adapters import batch_size, first_samples, to_device
 from .config import CompressionConfig
 from .errors import RanksearchError
-from .evaluator import Evaluator
+from .evaluator import Evaluation, Evaluator
 from .finetune import finetune_epochs
 from .saving import save
 
@@ -132,7 +132,7 @@ def _rebuild(
 ) -> tuple[nn.Module, dict[str, object]]:
     """The compressed, briefly fine-tuned model as the study measured it, and its facts."""
     trial = metadata.get("trial", "the config")
-    result = evaluator.evaluate(config, keep_model=True)
+    result = evaluator.evaluate(config, keep_model=True, measure_latency=evaluator.latency is not None)
     if result.failure is not None:
         raise RanksearchError(f"trial {trial} could not be rebuilt: {result.failure}")
     facts = dict(metadata)
@@ -156,9 +156,41 @@ def _rebuild(
         macs_ratio=result.macs_ratio,
         params_ratio=result.params_ratio,
     )
+    facts.update(_deployment_facts(evaluator, result, log))
     if result.data_aware_layers:
         facts["data_aware"] = _data_aware_facts(evaluator, result.data_aware_layers, log)
     return result.model, facts
+
+
+def _deployment_facts(evaluator: Evaluator, result: Evaluation, log: Callable[[str], None]) -> dict[str, object]:
+    """Latency (timed in the study's runtime, against the dense model timed next to it) and memory of the
+    rebuilt model, when the study measures them."""
+    facts: dict[str, object] = {}
+    if result.latency_measured_seconds is not None:
+        ratio = result.latency_measured_seconds / result.latency_reference_seconds
+        facts["latency"] = {
+            "measured_ms": result.latency_measured_seconds * 1e3,
+            "dense_ms": result.latency_reference_seconds * 1e3,
+            "measured_ratio": ratio,
+            "predicted_ratio": result.latency_ratio,
+            "runtime": evaluator.latency.settings.runtime,
+            "context": evaluator.latency.context,
+            "batch_size": evaluator.latency.settings.batch_size,
+        }
+        log(
+            f"latency: {result.latency_measured_seconds * 1e3:.3f} ms against the dense model's "
+            f"{result.latency_reference_seconds * 1e3:.3f} ms ({ratio:.1%}; predicted {result.latency_ratio:.1%}) "
+            f"in {evaluator.latency.settings.runtime}, batch {evaluator.latency.settings.batch_size}"
+        )
+    if result.memory_bytes is not None:
+        facts["memory"] = {
+            "bytes": result.memory_bytes,
+            "activations_bytes": result.memory_activations_bytes,
+            "ratio": result.memory_ratio,
+            **asdict(evaluator.memory.settings),
+        }
+        log(f"memory: {result.memory_bytes / 2**20:.2f} MiB, weights + peak activations ({result.memory_ratio:.1%})")
+    return facts
 
 
 def _data_aware_facts(evaluator: Evaluator, layers: list[str], log: Callable[[str], None]) -> dict[str, object]:

@@ -4,8 +4,10 @@ the Python API share one definition of each).
 Objective values: ``accuracy`` is the evaluator's metric after fine-tuning (maximized; it needs labels);
 ``fidelity`` the agreement of the compressed model's outputs with the dense model's on the validation
 batches (maximized, in [0, 1], 1.0 for the dense model; needs no labels, see :mod:`ranksearch.fidelity`);
-``macs``, ``params`` and ``latency`` (predicted from measured per-layer latencies on the study's device)
-are fractions of the dense model's (minimized), so the dense model sits at 1.0. A study keeps at least
+``macs``, ``params``, ``latency`` (predicted from measured per-layer latencies on the study's device) and
+``memory`` (bytes of weights at the deployment dtype plus the peak activations of one forward at the
+deployment batch size, see :mod:`ranksearch.memory`) are fractions of the dense model's (minimized), so the
+dense model sits at 1.0. A study keeps at least
 one quality (``accuracy`` or ``fidelity``).
 """
 
@@ -41,6 +43,7 @@ OBJECTIVES = {
     "macs": "minimize",
     "params": "minimize",
     "latency": "minimize",
+    "memory": "minimize",
     "fidelity": "maximize",
 }
 """Every objective name and its direction."""
@@ -68,7 +71,7 @@ DEFAULT_SCREEN = 8
 """Candidates scored by the proxy per trial of the ``allocate`` strategy (the best earns the fine-tune)."""
 ONE_SHOT_BUDGETS = (0.1, 0.25, 0.5)
 """MACs budgets of the one-shot allocations tried first when a study names no targets."""
-TARGET_KINDS = ("macs", "params", "latency")
+TARGET_KINDS = ("macs", "params", "latency", "memory")
 """Costs a study may name targets for (fractions of the dense model's)."""
 
 

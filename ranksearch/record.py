@@ -67,7 +67,9 @@ SCHEMA_ATTR = "ranksearch_schema"  # SCHEMA_VERSION of the writer (absent: versi
 EVALUATOR_ATTR = "evaluator"  # EvaluatorSettings as a dict, for the report
 DENSE_ATTR = "dense"  # the dense model's DenseMeasurement as a dict
 SAMPLER_ATTR = "sampler"  # the sampler's name
-FRONT_LATENCY_ATTR = "latency_measured"  # {trial number (str): seconds} for Pareto configs timed after the run
+FRONT_LATENCY_ATTR = "latency_measured"
+"""{trial number (str): [seconds, dense reference seconds]} for Pareto configs timed after the run (studies
+stored before the reference existed keep plain seconds)."""
 SENSITIVITY_ATTR = "sensitivity"  # the per-layer sensitivity curves (Sensitivity.to_dict()), measured once
 
 # --- trial attributes besides the measurements -----------------------------------------------------
@@ -81,7 +83,16 @@ FRACTIONS = "fractions"  # {layer: grid fraction} of an allocated config (its pa
 SCREENED = "screened"  # candidates the proxy scored for this trial (1: none screened)
 PROXY_LOSS = "proxy_loss"  # the proxy loss of the evaluated config (the screening's first fidelity)
 
-STORED_WHEN_MEASURED = frozenset({"fidelity", "data_aware_layers"})
+STORED_WHEN_MEASURED = frozenset(
+    {
+        "fidelity",
+        "data_aware_layers",
+        "latency_reference_seconds",
+        "memory_bytes",
+        "memory_activations_bytes",
+        "memory_ratio",
+    }
+)
 """Measurements only some studies take: a trial stores them only when measured (read back as None)."""
 
 _METHOD_SUFFIX = ".method"
@@ -133,7 +144,10 @@ class Measurements:
     labels). ``fidelity`` is the agreement of the last model's outputs with the dense model's (in [0, 1];
     None when not measured: it is when the study asks for it, or the batches carry no labels). Latencies
     are in seconds: ``latency_seconds`` predicted from the latency table, ``latency_measured_seconds``
-    the whole model timed (sampled trials only).
+    the whole model timed (sampled trials only) and ``latency_reference_seconds`` the dense model timed
+    interleaved with it (the measured ratio is their quotient). ``memory_bytes`` is weights plus peak
+    activations (``memory_activations_bytes``) at the deployment batch and dtype, ``memory_ratio`` its
+    fraction of the dense model's (None when memory is not measured).
     ``failure`` is why the evaluation failed (None if it did not); ``layer_errors`` the relative weight
     error per compressed layer; ``seconds`` wall times per stage (``decompose``, ``cost``,
     ``recalibrate``, ``finetune``, ``evaluate``, ``total``). ``data_aware_layers`` names the layers whose
@@ -152,6 +166,10 @@ class Measurements:
     latency_seconds: float | None = None
     latency_ratio: float | None = None
     latency_measured_seconds: float | None = None
+    latency_reference_seconds: float | None = None
+    memory_bytes: int | None = None
+    memory_activations_bytes: int | None = None
+    memory_ratio: float | None = None
     finetune_skipped: str | None = None
     failure: str | None = None
     layer_errors: dict[str, float] = field(default_factory=dict)
@@ -189,6 +207,7 @@ class Measurements:
             "macs": self.macs_ratio,
             "params": self.params_ratio,
             "latency": self.latency_ratio,
+            "memory": self.memory_ratio,
             "fidelity": self.fidelity,
         }
         if name not in values:
@@ -201,6 +220,11 @@ class Measurements:
             raise RanksearchError(
                 "the objective 'fidelity' was not measured: the evaluator measures it when its objectives name it "
                 "(Evaluator(..., objectives=...)) or when the batches carry no labels"
+            )
+        if name == "memory" and self.memory_ratio is None:
+            raise RanksearchError(
+                "the objective 'memory' was not measured: the evaluator measures it when given memory settings "
+                "(Evaluator(..., memory=MemorySettings()); a study does when memory is an objective or a target)"
             )
         return values[name]
 

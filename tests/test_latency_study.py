@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from _helpers import write_study  # tests/ is on sys.path (pytest's prepend import mode)
@@ -76,7 +77,11 @@ def test_pareto_latencies_are_timed_and_reported(tiny_task, tmp_path):
     assert s.measure_front_latency() == {}  # already timed: nothing more
     check = results.latency_check()
     assert set(check["trial"]) == set(front["trial"]) and check["is_pareto"].all()
-    assert (check["error"] == check["predicted_ms"] / check["measured_ms"] - 1).all()
+    assert check["reference_ms"].gt(0).all()  # the dense model was timed next to each
+    measured = check["measured_ms"] / check["reference_ms"]
+    assert np.allclose(check["measured_ratio"], measured, rtol=1e-12)
+    assert np.allclose(check["error"], check["predicted_ratio"] / measured - 1, rtol=1e-12)
+    assert np.allclose(check["predicted_ratio"], front.set_index("trial").loc[check["trial"], "latency_ratio"])
     assert "latency_check" in figures(results) and "pareto_latency" in figures(results)
     assert results.dense["latency_seconds"] > 0
 

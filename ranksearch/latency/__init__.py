@@ -6,7 +6,7 @@ No Optuna here; the evaluator uses :class:`LatencyEstimator` when a study has a 
 from __future__ import annotations
 
 from ._estimator import LatencyEstimator, layer_inputs, structure_digest
-from ._measure import DTYPES, LatencySettings, device_name, measure_seconds
+from ._measure import DTYPES, LatencySettings, device_name, measure_paired, measure_seconds
 from ._table import LatencyTable
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "LatencyTable",
     "device_name",
     "layer_inputs",
+    "measure_paired",
     "measure_seconds",
     "structure_digest",
 ]

@@ -20,7 +20,7 @@ from ..adapters import describe, repeat_first
 from ..config import ResolvedLayer
 from ..decompositions import is_hf_conv1d
 from ..tracing import InputShape, is_shape, trace_calls
-from ._measure import LatencySettings, _threads, device_name, measure_seconds
+from ._measure import LatencySettings, _threads, device_name, measure_paired, measure_seconds
 from ._table import LatencyTable
 
 __all__ = ["LatencyEstimator", "layer_inputs", "structure_digest"]
@@ -102,6 +102,7 @@ class LatencyEstimator:
         self.context = f"{hardware} | {self.settings.dtype} | torch {torch.__version__}{runtime}"
         """Where the table's timings hold: hardware, dtype, torch (and the runtime when it is not eager torch)."""
         self.layer_inputs = layer_inputs(model, self.input_shape)
+        self.model = model
         key = f"model {structure_digest(model)} @ {described}"
         self.dense_seconds = self._lookup(key, model, self.input_shape)
         self.table.save()
@@ -134,6 +135,15 @@ class LatencyEstimator:
     def measure_model(self, model: nn.Module) -> float:
         """Measured seconds of a whole model (not stored: it checks the prediction)."""
         return measure_seconds(model, self.input_shape, self.settings)
+
+    def measure_against_dense(self, model: nn.Module) -> tuple[float, float]:
+        """Measured seconds of a whole model and of the dense model, timed interleaved (not stored).
+
+        Timings taken minutes apart drift with the machine (by 30% on a busy 2-core CPU at batch 1), so a
+        prediction is checked as a ratio: ``predict(...) / dense_seconds`` against ``seconds / reference``.
+        """
+        seconds, reference = measure_paired([model, self.model], self.input_shape, self.settings)
+        return seconds, reference
 
 
 def _runtime_version(runtime: str) -> str:

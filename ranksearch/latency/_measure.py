@@ -8,7 +8,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from ..errors import RanksearchError
 from ..tracing import InputShape, is_shape
 from ._runtimes import check_runtime, forward_runner
 
-__all__ = ["DTYPES", "LatencySettings", "device_name", "measure_seconds", "prepared"]
+__all__ = ["DTYPES", "LatencySettings", "device_name", "measure_paired", "measure_seconds", "prepared"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -149,33 +149,65 @@ def measure_seconds(
     chosen once so a sample lasts ``min_sample_seconds``) and counts ``time / n``. CUDA work is
     synchronized before each clock reading.
     """
+    return measure_paired([module], input_shape, settings, clock=clock)[0]
+
+
+def measure_paired(
+    modules: Sequence[nn.Module],
+    input_shape: InputShape,
+    settings: LatencySettings,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Median seconds of one forward pass of each of ``modules`` (same input), timed interleaved.
+
+    Each module is prepared and warmed up as in :func:`measure_seconds`; then every round takes one sample
+    of each module in turn (the order alternating between rounds), so that the machine's drift (frequency,
+    other load, the allocator's state) hits all of them alike: the ratio of two results is far steadier
+    than the ratio of two timings taken minutes apart. With one module this is :func:`measure_seconds`.
+    """
     device = torch.device(settings.device)
-    model = prepared(module, settings)
+    inputs = _timing_inputs(input_shape, settings)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with _threads(settings.threads):
+        forwards = [forward_runner(prepared(m, settings), inputs, settings.runtime, settings.threads) for m in modules]
+    with _threads(settings.threads), torch.inference_mode():
+        loops = [_warm_up(forward, settings, sync, clock) for forward in forwards]
+        samples: list[list[float]] = [[] for _ in forwards]
+        for round_ in range(settings.repeats):
+            order = range(len(forwards)) if round_ % 2 == 0 else reversed(range(len(forwards)))
+            for i in order:
+                start = clock()
+                for _ in range(loops[i]):
+                    forwards[i]()
+                sync()
+                samples[i].append((clock() - start) / loops[i])
+    return [statistics.median(s) for s in samples]
+
+
+def _timing_inputs(input_shape: InputShape, settings: LatencySettings) -> object:
+    """The timed input on the settings' device and dtype: random for a shape, else the example (integer
+    tensors kept), channels-last if asked."""
+    device, dtype = torch.device(settings.device), settings.torch_dtype
     if is_shape(input_shape):
-        inputs = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device, settings.torch_dtype)
+        inputs = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     else:
-        dtype = settings.torch_dtype
         inputs = map_tensors(lambda t: t.to(device, dtype) if t.is_floating_point() else t.to(device), input_shape)
     if settings.channels_last:
         inputs = map_tensors(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t, inputs)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with _threads(settings.threads):
-        forward = forward_runner(model, inputs, settings.runtime, settings.threads)
-    with _threads(settings.threads), torch.inference_mode():
-        for _ in range(settings.warmup):
-            forward()
-        sync()
-        loops, start = 1, clock()
+    return inputs
+
+
+def _warm_up(forward: Callable[[], object], settings: LatencySettings, sync: Callable[[], None], clock) -> int:
+    """Run ``forward`` ``warmup`` times, then once timed; returns the loops per sample that make a sample
+    last ``min_sample_seconds`` (at most 10,000)."""
+    for _ in range(settings.warmup):
         forward()
-        sync()
-        once = clock() - start
-        if settings.min_sample_seconds > 0 and once < settings.min_sample_seconds:
-            loops = min(10_000, max(1, math.ceil(settings.min_sample_seconds / max(once, 1e-7))))
-        samples = []
-        for _ in range(settings.repeats):
-            start = clock()
-            for _ in range(loops):
-                forward()
-            sync()
-            samples.append((clock() - start) / loops)
-    return statistics.median(samples)
+    sync()
+    start = clock()
+    forward()
+    sync()
+    once = clock() - start
+    if settings.min_sample_seconds > 0 and once < settings.min_sample_seconds:
+        return min(10_000, max(1, math.ceil(settings.min_sample_seconds / max(once, 1e-7))))
+    return 1

@@ -141,7 +141,7 @@ def _targets_section(results: StudyResults, study_file: str | None) -> str:
     best = results.best_per_target()
     if best.empty:
         return ""
-    extra = [c for c in ("latency", "methods") if c in best.columns]
+    extra = [c for c in ("latency", "memory", "methods") if c in best.columns]
     columns = ["cost", "target", "trial", *results.qualities, "value", "macs", "params", *extra]
     labels = {"value": "cost reached", "methods": "layers per method", "target": "target (x dense)"}
     head = "".join(f'<th class="{"text" if c in ("cost", "methods") else ""}">{labels.get(c, c)}</th>' for c in columns)
@@ -199,6 +199,7 @@ def _cards(results: StudyResults) -> str:
         ("hypervolume", f"{results.hypervolume():.4f}", f"reference point: {reference} (dense cost = 1.0)"),
         *_quality_cards(results),
         *_latency_cards(results),
+        *_memory_cards(results),
         ("dense cost", f"{int(dense['macs']):,} MACs",
          f"{int(dense['params']):,} parameters, input {_shape_text(dense.get('input_shape'))}"),
     ]  # fmt: skip
@@ -241,11 +242,27 @@ def _latency_cards(results: StudyResults) -> list[tuple[str, str, str]]:
     how = f"batch {settings.get('batch_size')}, {settings.get('dtype')}, {settings.get('context', '')}"
     cards = [("dense latency", f"{seconds * 1e3:.3f} ms", how)]
     check = results.latency_check()
-    front = check[check["is_pareto"]]
-    if len(front):
-        error = front["error"].abs().median()
-        cards.append(("latency prediction", f"{error:.1%} median error", f"over {len(front)} timed Pareto configs"))
+    if len(check):
+        raw, corrected = check["error"].abs().median(), check["corrected_error"].abs().median()
+        cards.append(
+            (
+                "latency prediction",
+                f"{raw:.1%} median error",
+                f"over {len(check)} timed configs, each against the dense model timed next to it; "
+                f"{corrected:.1%} with the per-model scale {results.latency_scale:.2f} (leave-one-out)",
+            )
+        )
     return cards
+
+
+def _memory_cards(results: StudyResults) -> list[tuple[str, str, str]]:
+    memory = results.dense.get("memory_bytes")
+    if memory is None:
+        return []
+    settings = results.settings.get("memory") or {}
+    where = f"batch {settings.get('batch_size')}, {settings.get('dtype')}, {settings.get('device')}"
+    how = f"weights + peak activations of one forward, {where}"
+    return [("dense memory", f"{memory / 2**20:.2f} MiB", how)]
 
 
 def _export_hint(results: StudyResults, study_file: str | None) -> str:

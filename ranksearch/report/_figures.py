@@ -42,6 +42,7 @@ LABELS = {
     "macs": "MACs (fraction of dense)",
     "params": "parameters (fraction of dense)",
     "latency": "latency (fraction of dense, predicted)",
+    "memory": "memory: weights + peak activations (fraction of dense)",
 }
 
 
@@ -237,32 +238,37 @@ def finetune_effect(results: StudyResults, hover: Hover | None = None) -> go.Fig
 
 
 def latency_check_figure(results: StudyResults) -> go.Figure:
-    """Predicted (from the latency table) vs measured whole-model latency of the timed trials."""
+    """Predicted vs measured whole-model latency of the timed trials, as fractions of the dense model (each
+    measured against the dense model timed next to it), before and after the per-model correction."""
     check = results.latency_check()
     fig = go.Figure()
-    for on_front, name, color in ((False, "sampled trials", "rgba(120,120,120,0.6)"), (True, "Pareto", "#d62728")):
-        part = check[check["is_pareto"] == on_front]
+    traces = (
+        (False, "predicted_ratio", "error", "sampled trials", "rgba(120,120,120,0.6)"),
+        (True, "predicted_ratio", "error", "Pareto", "#d62728"),
+        (None, "corrected_ratio", "corrected_error", "corrected (leave-one-out)", "#1f77b4"),
+    )
+    for on_front, column, error, name, color in traces:
+        part = check if on_front is None else check[check["is_pareto"] == on_front]
         fig.add_trace(
             go.Scatter(
-                x=part["measured_ms"], y=part["predicted_ms"], mode="markers", name=name,
-                marker={"color": color, "size": 8},
-                hovertext=[f"trial {t}: error {e:+.1%}" for t, e in zip(part["trial"], part["error"], strict=True)],
-                hoverinfo="text",
+                x=part["measured_ratio"], y=part[column], mode="markers", name=name,
+                marker={"color": color, "size": 8, "symbol": "x" if on_front is None else "circle"},
+                hovertext=[f"trial {t}: error {e:+.1%}" for t, e in zip(part["trial"], part[error], strict=True)],
+                hoverinfo="text", visible=True if on_front is not None else "legendonly",
             )
         )  # fmt: skip
     if len(check):
-        low, high = 0.0, float(max(check["measured_ms"].max(), check["predicted_ms"].max())) * 1.05
+        high = float(max(check["measured_ratio"].max(), check["predicted_ratio"].max(), 1.0)) * 1.05
         fig.add_trace(
-            go.Scatter(x=[low, high], y=[low, high], mode="lines", name="exact", line={"dash": "dot", "color": "grey"})
+            go.Scatter(x=[0, high], y=[0, high], mode="lines", name="exact", line={"dash": "dot", "color": "grey"})
         )
-    front = check[check["is_pareto"]]
-    summary = (
-        f"median |error| {front['error'].abs().median():.1%} over {len(front)} Pareto configs" if len(front) else ""
-    )
+    summary = ""
+    if len(check):
+        summary = f"median |error| {check['error'].abs().median():.1%} over {len(check)} timed configs"
     fig.update_layout(
-        title=f"Latency: predicted vs measured (ms) {summary}",
-        xaxis_title="measured whole-model latency (ms)",
-        yaxis_title="predicted from the latency table (ms)",
+        title=f"Latency: predicted vs measured (fraction of dense) {summary}",
+        xaxis_title="measured latency / dense measured next to it",
+        yaxis_title="predicted from the latency table",
         **LAYOUT,
     )
     return fig

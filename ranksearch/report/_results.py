@@ -28,6 +28,7 @@ import pandas as pd
 from ..errors import RanksearchError
 from ..objectives import QUALITY_OBJECTIVES
 from ..record import DENSE, TrialRecord
+from ._latency_check import fit_latency_scale, latency_check_frame
 from ._pareto import hypervolume, hypervolume_history, pareto_mask, to_minimization
 from ._targets import best_rows, sensitivity_frame
 
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["StudyResults", "TrialRecord", "config_summary", "headline_quality", "layer_columns", "trials_table"]
 
 MEASUREMENTS = ("accuracy_zero_shot", "accuracy_recalibrated", "accuracy_finetuned")
-LATENCY_COLUMNS = ("latency_ratio", "latency_reduction", "latency_ms", "latency_measured_ms")
+LATENCY_COLUMNS = ("latency_ratio", "latency_reduction", "latency_ms", "latency_measured_ms", "latency_reference_ms")
+MEMORY_COLUMNS = ("memory_ratio", "memory_reduction", "memory_mb")
 
 
 def headline_quality(objectives: Sequence[str]) -> str:
@@ -83,8 +85,10 @@ def trials_table(
     ``macs_ratio``/``params_ratio`` are fractions of the dense model; ``macs_reduction``/``params_reduction``
     their inverses ("4.0x fewer"); ``macs_count``/``params_count`` absolute MACs (multiply-accumulates,
     FLOPs = 2 x MACs) and parameters; with latency settings, ``latency_ms`` (predicted from the latency
-    table), ``latency_ratio``, ``latency_reduction`` and ``latency_measured_ms`` (the whole model timed,
-    on sampled and Pareto trials), ``data_aware_layers`` (how many layers use a data-aware method). A
+    table), ``latency_ratio``, ``latency_reduction``, ``latency_measured_ms`` (the whole model timed,
+    on sampled and Pareto trials) and ``latency_reference_ms`` (the dense model timed interleaved with
+    it); with memory settings, ``memory_ratio``, ``memory_reduction`` and ``memory_mb`` (weights plus peak
+    activations, MiB), ``data_aware_layers`` (how many layers use a data-aware method). A
     quality that is not an objective follows the objectives: ``accuracy``
     always (NaN without labels), ``fidelity`` when trials stored it. Rows are in trial order.
     """
@@ -93,11 +97,11 @@ def trials_table(
     columns = ["trial", *objectives, *shown, "state", *MEASUREMENTS]
     for cost in ("macs", "params"):
         columns += [f"{cost}_ratio", f"{cost}_reduction", f"{cost}_count"]
-    columns += list(LATENCY_COLUMNS)
+    columns += [*LATENCY_COLUMNS, *MEMORY_COLUMNS]
     columns += ["finetune_skipped", "failure", "seconds", "methods", "data_aware_layers", "duplicate_of"]
     columns += [c for layer in layers for c in layer_columns(layer)]
     frame = pd.DataFrame(rows, columns=columns)
-    numeric = ("macs_ratio", "params_ratio", "macs_reduction", "params_reduction", *LATENCY_COLUMNS)
+    numeric = ("macs_ratio", "params_ratio", "macs_reduction", "params_reduction", *LATENCY_COLUMNS, *MEMORY_COLUMNS)
     for column in ("duplicate_of", *MEASUREMENTS, *numeric, *objectives, *shown):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     complete = (frame["state"] == "complete").to_numpy() if len(frame) else np.zeros(0, dtype=bool)
@@ -133,6 +137,9 @@ def _trial_row(record: TrialRecord, objectives: Sequence[str], shown: Sequence[s
     row["latency_ratio"], row["latency_reduction"] = m.latency_ratio, _inverse(m.latency_ratio)
     row["latency_ms"] = _milliseconds(m.latency_seconds)
     row["latency_measured_ms"] = _milliseconds(m.latency_measured_seconds)
+    row["latency_reference_ms"] = _milliseconds(m.latency_reference_seconds)
+    row["memory_ratio"], row["memory_reduction"] = m.memory_ratio, _inverse(m.memory_ratio)
+    row["memory_mb"] = None if m.memory_bytes is None else m.memory_bytes / 2**20
     row["finetune_skipped"], row["failure"] = m.finetune_skipped, m.failure
     row["seconds"] = m.seconds.get("total") if m.seconds else None
     row["methods"] = config_summary(record.config)
@@ -272,19 +279,19 @@ class StudyResults:
         return rows.iloc[0]
 
     def latency_check(self) -> pd.DataFrame:
-        """Trials whose whole model was timed: ``trial``, ``predicted_ms``, ``measured_ms``, ``error``
-        (predicted / measured - 1) and ``is_pareto``; empty without latency measurements."""
-        frame = self.completed()
-        frame = frame[frame["latency_measured_ms"].notna() & frame["latency_ms"].notna()]
-        return pd.DataFrame(
-            {
-                "trial": frame["trial"].to_numpy(),
-                "predicted_ms": frame["latency_ms"].to_numpy(),
-                "measured_ms": frame["latency_measured_ms"].to_numpy(),
-                "error": (frame["latency_ms"] / frame["latency_measured_ms"] - 1).to_numpy(),
-                "is_pareto": frame["is_pareto"].to_numpy(),
-            }
-        )
+        """Trials whose whole model was timed, predicted against measured as ratios to the dense model:
+        ``trial``, ``predicted_ms``, ``measured_ms``, ``reference_ms`` (the dense model timed next to it),
+        ``predicted_ratio``, ``measured_ratio``, ``error`` (predicted / measured ratio - 1),
+        ``corrected_ratio`` and ``corrected_error`` (with the per-model scale fitted on the other timed
+        trials, see :attr:`latency_scale`) and ``is_pareto``; empty without latency measurements."""
+        return latency_check_frame(self.completed(), self.dense.get("latency_seconds"))
+
+    @property
+    def latency_scale(self) -> float:
+        """The per-model correction of predicted latency changes, fitted on every timed trial:
+        ``1 + latency_scale * (latency_ratio - 1)`` is the corrected prediction (1.0 until enough trials were timed)."""
+        check = self.latency_check()
+        return fit_latency_scale(check["predicted_ratio"].to_numpy(), check["measured_ratio"].to_numpy())
 
     def best_per_target(self, targets: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
         """The best completed trial (highest :attr:`quality`) within each budget target: what to ship at each budget.

@@ -28,7 +28,7 @@ from ._results import StudyResults
 
 __all__ = ["Choice", "choose", "knee_point"]
 
-COSTS = ("macs", "params", "latency")
+COSTS = ("macs", "params", "latency", "memory")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from ..objectives import TARGET_KINDS, check_targets
 __all__ = ["TARGET_COLUMNS", "best_rows", "sensitivity_frame"]
 
 TARGET_COLUMNS = ("cost", "target", "trial", "accuracy", "value", "macs", "params")
-"""Columns of :func:`best_rows` of an accuracy study (``latency`` and ``methods`` follow when the study has them;
-a study of another quality has its qualities in place of ``accuracy``)."""
+"""Columns of :func:`best_rows` of an accuracy study (``latency``, ``memory`` and ``methods`` follow when the study
+has them; a study of another quality has its qualities in place of ``accuracy``)."""
 SENSITIVITY_COLUMNS = ("layer", "method", "fraction", "cost", "loss", "metric", "measured")
 TOLERANCE = 1e-12
 """A trial at exactly the target (up to float noise) meets it."""

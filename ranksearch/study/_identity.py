@@ -85,6 +85,8 @@ def study_identity(
             if timing.get(added) == default:  # studies stored before keep their identity
                 timing.pop(added)
         identity["latency"] = {**timing, "context": evaluator.latency.context}
+    if evaluator.memory is not None:  # bytes traced on a CPU differ from a CUDA allocator's
+        identity["memory"] = asdict(evaluator.memory.settings)
     return identity
 
 

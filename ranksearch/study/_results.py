@@ -34,7 +34,10 @@ def records_of(study: optuna.Study) -> list[TrialRecord]:
         attrs = dict(t.user_attrs)
         original = str(attrs.get(DUPLICATE_OF, t.number))
         if attrs.get("latency_measured_seconds") is None and original in timed:
-            attrs["latency_measured_seconds"] = timed[original]
+            seconds = timed[original]
+            if isinstance(seconds, (list, tuple)):  # [seconds, dense reference]; older studies: seconds only
+                seconds, attrs["latency_reference_seconds"] = seconds
+            attrs["latency_measured_seconds"] = seconds
         values = tuple(t.values) if t.state == optuna.trial.TrialState.COMPLETE else None
         records.append(TrialRecord(t.number, _FINISHED[t.state], values, dict(t.params), attrs))
     return records
@@ -48,6 +51,7 @@ def results_of(study: optuna.Study, storage: str | None = None) -> StudyResults:
     check_schema(study.user_attrs.get(SCHEMA_ATTR), f"study {study.study_name!r} in {storage}")
     settings = {
         "latency": identity.get("latency"),
+        "memory": identity.get("memory"),
         "sampler": study.user_attrs.get(SAMPLER_ATTR),
         "evaluator": study.user_attrs.get(EVALUATOR_ATTR),
         "strategy": identity.get("strategy", "per-layer"),

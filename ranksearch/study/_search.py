@@ -15,11 +15,11 @@ from ..adapters import BatchAdapter
 from ..cache import FactorCache
 from ..calibration import Calibration
 from ..config import CompressionConfig
-from ..decompositions import get_method
 from ..errors import RanksearchError
 from ..evaluator import Evaluator, EvaluatorSettings, Loss, Metric
 from ..export import ExportedModel, export_config
 from ..latency import LatencySettings, LatencyTable
+from ..memory import MemorySettings
 from ..objectives import (
     DEFAULT_OBJECTIVES,
     DEFAULT_SAMPLER,
@@ -46,6 +46,7 @@ from ._objective import TrialFailed, TrialObjective
 from ._progress import Progress
 from ._results import results_of
 from ._sampler import make_sampler
+from ._settings import checked_space, deployment_settings
 from ._storage import default_latency_table
 
 __all__ = ["WARM_START_METHODS", "RankSearch"]
@@ -93,6 +94,8 @@ class RankSearch:
             evaluator's device. Given without a latency objective, trials still record their predicted
             latency. The per-layer latency table lives in ``latency.table``, by default
             ``latency-table.json`` beside a SQLite storage (in memory otherwise).
+        memory: where and at what batch the ``memory`` objective or target is counted; default: the latency
+            settings' device, dtype and batch when given, else float32, batch 1 on the evaluator's device.
         heartbeat: seconds between a running trial's "alive" marks in the storage; a trial whose worker
             was killed is marked failed once it has been silent for twice that (None: never).
         calibration: input statistics for data-aware methods in the space (:func:`ranksearch.calibrate`);
@@ -125,6 +128,7 @@ class RankSearch:
         latency: LatencySettings | None = None,
         heartbeat: int | None = HEARTBEAT_SECONDS,
         calibration: Calibration | None = None,
+        memory: MemorySettings | None = None,
     ) -> None:
         if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1):
             raise RanksearchError(f"heartbeat must be an int >= 1 (seconds) or None, got {heartbeat!r}")
@@ -133,17 +137,16 @@ class RankSearch:
         self.strategy, self.targets = check_strategy(strategy), check_targets(targets)
         if isinstance(screen, bool) or not isinstance(screen, int) or screen < 1:
             raise RanksearchError(f"screen must be an int >= 1 (candidates per trial), got {screen!r}")
-        self.space = _checked_space(space or SearchSpace(), evaluator, calibration)
+        self.space = checked_space(space or SearchSpace(), evaluator, calibration)
         self.sampler_name = check_sampler(sampler)  # before the evaluator's work, as every check here
         self.storage_url = None if storage is None else storage.replace("{study_name}", study_name)
-        if latency is None and "latency" in self.objectives:
-            latency = LatencySettings(device=(evaluator or EvaluatorSettings()).device)
+        latency, memory = deployment_settings(self.objectives, self.targets, latency, memory, evaluator)
         self.latency_settings = latency
         table = None if latency is None else LatencyTable(latency.table or default_latency_table(self.storage_url))
         self.train_loader = train_loader
         self.evaluator = Evaluator(
             model, train_loader, val_loader, evaluator, metric=metric, loss_fn=loss_fn, adapter=adapter, cache=cache,
-            latency=latency, latency_table=table, objectives=self.objectives, calibration=calibration,
+            latency=latency, latency_table=table, objectives=self.objectives, calibration=calibration, memory=memory,
         )  # fmt: skip
         # the evaluator's copy: attention unpacked into Linear projections, so they are searchable layers
         self.layers: dict[str, LayerChoices] = self.space.layers(self.evaluator.model, self.evaluator.example_input)
@@ -355,6 +358,7 @@ class RankSearch:
     def measure_front_latency(self) -> dict[int, float]:
         """Time the whole compressed model of every Pareto trial not timed yet; returns {trial: seconds}.
 
+        Each is timed interleaved with the dense model (the reference its measured ratio is taken against).
         The measurements are kept in the study (study attribute ``latency_measured``) so the report can
         compare them with the predicted latencies.
         """
@@ -367,11 +371,11 @@ class RankSearch:
                 continue
             resolved = results.config(int(row["trial"])).resolve(self.evaluator.model)
             model = self.evaluator.compress(resolved)
-            new[str(int(row["trial"]))] = self.evaluator.latency.measure_model(model)
+            new[str(int(row["trial"]))] = list(self.evaluator.latency.measure_against_dense(model))
         if new:
             timed = self.study.user_attrs.get(FRONT_LATENCY_ATTR, {})
             self.study.set_user_attr(FRONT_LATENCY_ATTR, {**timed, **new})
-        return {int(trial): seconds for trial, seconds in new.items()}
+        return {int(trial): seconds for trial, (seconds, _) in new.items()}
 
     def config(self, trial_number: int) -> CompressionConfig:
         """The CompressionConfig a trial evaluated."""
@@ -379,18 +383,3 @@ class RankSearch:
         if trial_number not in trials:
             raise RanksearchError(f"no trial {trial_number} in study {self.study.study_name!r} ({len(trials)} trials)")
         return CompressionConfig.from_dict(trials[trial_number].user_attrs[CONFIG])
-
-
-def _checked_space(
-    space: SearchSpace, settings: EvaluatorSettings | None, calibration: Calibration | None
-) -> SearchSpace:
-    """``space``, after checking that its data-aware methods have calibration data (say how to give it)."""
-    listed = {*space.methods, *(m for methods in space.overrides.values() for m in methods)}
-    aware = sorted(m for m in listed if m != DENSE and get_method(m).data_aware)
-    if aware and calibration is None and not (settings and settings.calibration_batches):
-        raise RanksearchError(
-            f"the space's data-aware methods ({', '.join(aware)}) need calibration data: set "
-            "EvaluatorSettings(calibration_batches=N) (study file: [calibration] batches = N) or pass "
-            "calibration=ranksearch.calibrate(model, loader)"
-        )
-    return space
