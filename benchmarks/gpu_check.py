@@ -9,7 +9,9 @@
    bfloat16 channels-last on CUDA, inference batches 1 and ``--batch``): predicted vs measured latency of
    the Pareto configs and the speed-up, at matched accuracy, of the latency study's pick over the MACs
    study's (the goals: error <= 10%, speed-up > 1.3x).
-4. A results page (``--page``) with the device, what each part took, and the numbers.
+4. The memory objective on the GPU: ``benchmarks/memory_check.py``'s table with the CUDA caching allocator's
+   peak as the measurement (float32, batches 1 and ``--batch``), next to the CPU trace.
+5. A results page (``--page``) with the device, what each part took, and the numbers.
 
 On a GPU machine (it needs tensorly, optuna, fvcore and plotly: ``benchmarks/gpu_wheels.sh`` downloads them as
 wheels to carry)::
@@ -32,8 +34,10 @@ import sys
 import time
 from pathlib import Path
 
+import memory_check  # benchmarks/ is the script's folder, on sys.path
+import pandas as pd
 import torch
-from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
+from _machine import cpu_model
 
 import ranksearch as rs
 from ranksearch.latency import LatencySettings, device_name, layer_inputs, measure_seconds
@@ -169,6 +173,11 @@ def main() -> None:
     report = latency_study(args, out)
     clocks["latency study"] = time.perf_counter() - started - sum(clocks.values())
     print(report)
+    memory_table, memory_summary = memory_check.markdown(
+        pd.DataFrame([r for name in memory_check.MODELS for b in (1, args.batch)
+                      for r in memory_check.rows_for(name, b, args.device)]))  # fmt: skip
+    clocks["memory"] = time.perf_counter() - started - sum(clocks.values())
+    print(memory_table + "\n" + memory_summary)
     if args.page:
         took = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in clocks.items())
         page = [
@@ -185,6 +194,10 @@ def main() -> None:
             "```",
             report.strip(),
             "```",
+            f"\n## Memory: traced vs measured on {args.device} (benchmarks/memory_check.py)\n",
+            memory_table,
+            "",
+            memory_summary,
         ]
         Path(args.page).write_text("\n".join(page) + "\n")
         print(f"results page: {args.page}")

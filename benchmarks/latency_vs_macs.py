@@ -121,7 +121,7 @@ def main() -> None:
         f"{fronts[f'dense_ms_b{b}'].median():.3f} ms at batch {b}" for b in batches))  # fmt: skip
     sections = []
     for b in batches:
-        check = prediction_check(fronts[fronts["study"] == f"latency_b{b}"], b, args.rounds)
+        check = prediction_check(fronts, b, args.rounds)
         picks = matched_picks(fronts, b, dense_accuracy)
         print(f"\n--- batch {b}: {check['text']}")
         print(picks.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -134,20 +134,23 @@ def main() -> None:
 
 
 def time_fronts(searches, evaluator, timers, batches, rounds) -> pd.DataFrame:
-    """Every Pareto config of every study, timed at every batch size against the dense model timed interleaved
-    with it, ``rounds`` times round-robin: ``ms_b<B>``, ``dense_ms_b<B>`` and ``ratio_b<B>`` (medians), and
-    ``ratio_b<B>_r<i>`` per round (the spread across rounds)."""
+    """Every Pareto config of every study, predicted from the latency table at every batch size
+    (``predicted_ratio_b<B>``) and timed there against the dense model timed interleaved with it, ``rounds``
+    times round-robin: ``ms_b<B>``, ``dense_ms_b<B>`` and ``ratio_b<B>`` (medians), and ``ratio_b<B>_r<i>``
+    per round (the spread across rounds)."""
     rows, models = [], []
     for name, search in searches.items():
         results = search.results()
         for _, row in results.pareto().iterrows():
             resolved = results.config(int(row["trial"])).resolve(evaluator.model)
             models.append(apply_resolved(evaluator.model, resolved, cache=evaluator.cache))
+            predicted = {f"predicted_ratio_b{b}": timers[b].predict(resolved, models[-1]) / timers[b].dense_seconds
+                         for b in batches}  # fmt: skip
             entry = {"study": name, "trial": int(row["trial"]), "accuracy": row["accuracy"], "macs": row["macs_ratio"],
                      "methods": row["methods"]}  # fmt: skip
             if name.startswith("latency_b"):
                 entry["predicted_ratio"] = row["latency_ratio"]
-            rows.append(entry)
+            rows.append({**entry, **predicted})
     for b in batches:  # round-robin rounds: drift and bursts of load hit every config alike
         timed = [[timers[b].measure_against_dense(model) for model in models] for _ in range(rounds)]
         for i, entry in enumerate(rows):
@@ -160,20 +163,20 @@ def time_fronts(searches, evaluator, timers, batches, rounds) -> pd.DataFrame:
 
 
 def prediction_check(front: pd.DataFrame, batch: int, rounds: int) -> dict[str, object]:
-    """Median |error| of the latency study's predicted ratios against the measured ones: raw, with the
-    per-model scale fitted leave-one-out, per round (the spread), and of absolute ms against the table's
-    dense timing (what predicting seconds instead of ratios would give)."""
-    predicted, measured = front["predicted_ratio"].to_numpy(), front[f"ratio_b{batch}"].to_numpy()
+    """Median |error| of the predicted ratios of every study's Pareto configs against the measured ones: raw,
+    with the per-model scale fitted leave-one-out, and per timing round (the spread)."""
+    front = front.drop_duplicates(subset=[f"predicted_ratio_b{batch}", "methods"])  # a config on two fronts
+    predicted, measured = front[f"predicted_ratio_b{batch}"].to_numpy(), front[f"ratio_b{batch}"].to_numpy()
     check = latency_check_frame(
         pd.DataFrame({"trial": front["trial"], "latency_ratio": predicted, "latency_ms": predicted,
                       "latency_measured_ms": measured, "latency_reference_ms": 1.0, "is_pareto": True}), None,
     )  # fmt: skip
     raw = float(check["error"].abs().median())
     corrected = float(check["corrected_error"].abs().median())
-    per_round = [float((front["predicted_ratio"] / front[f"ratio_b{batch}_r{k}"] - 1).abs().median())
+    per_round = [float((front[f"predicted_ratio_b{batch}"] / front[f"ratio_b{batch}_r{k}"] - 1).abs().median())
                  for k in range(rounds)]  # fmt: skip
     scale = fit_latency_scale(predicted, measured)
-    text = (f"{len(front)} Pareto configs of the latency study: median |error| of the predicted ratio {raw:.1%} "
+    text = (f"{len(front)} Pareto configs of the studies: median |error| of the predicted ratio {raw:.1%} "
             f"(rounds: {', '.join(f'{e:.1%}' for e in per_round)}), {corrected:.1%} with the per-model scale "
             f"(leave-one-out; fitted on all: {scale:.2f})")  # fmt: skip
     return {"configs": len(front), "raw": raw, "corrected": corrected, "rounds": per_round, "scale": scale,
@@ -234,7 +237,8 @@ PAGE_HEAD = """# Latency: prediction and the latency objective, per runtime
 
 Written by `benchmarks/latency_vs_macs.py --results benchmarks/RESULTS_latency.md` (one section per runtime).
 Each run searches the study file on (accuracy, MACs) once and on (accuracy, latency) once per batch size,
-then times every Pareto config of every study against the dense model timed interleaved with it, in rounds.
+then predicts (from the latency table) and times every Pareto config of every study against the dense model
+timed interleaved with it, in rounds; the prediction error is over all of them (each config once).
 *Predicted ratio*: the latency table's prediction as a fraction of the dense model. *Measured ratio*: the
 whole compressed model over the dense model timed next to it. The per-model scale corrects the predicted
 change (``1 + s (predicted - 1)``), fitted on the other configs (leave-one-out).
