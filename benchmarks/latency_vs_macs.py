@@ -51,7 +51,9 @@ def run_study(base, folder: Path, name: str, objectives: tuple[str, ...], trials
     search = prepared.search
     start = time.perf_counter()
     search.optimize(search.remaining(trials), show_progress=False)
-    print(f"  {name}: {trials} trials in {time.perf_counter() - start:.0f} s, front {len(search.pareto_front())}")
+    seconds = search.study.user_attrs.get("benchmark_seconds", 0.0) + time.perf_counter() - start
+    search.study.set_user_attr("benchmark_seconds", seconds)  # kept across resumed runs
+    print(f"  {name}: {trials} trials in {seconds:.0f} s, front {len(search.pareto_front())}")
     return search
 
 
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds over all Pareto configs (median kept)")
     parser.add_argument("--out", help="folder for the studies (default: a temporary folder)")
     parser.add_argument("--results", help="write this runtime's section of a results page (markdown) here")
+    parser.add_argument("--label", default="", help="appended to the section's title (e.g. ', run 2')")
     args = parser.parse_args()
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study instead of one per trial
@@ -129,7 +132,9 @@ def main() -> None:
     print("\nAll Pareto configs, measured (ms; ratio = over the dense model timed next to it):")
     print(fronts.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.results:
-        write_section(Path(args.results), args, sections, fronts, time.perf_counter() - started, dense_accuracy)
+        took = {name: search.study.user_attrs["benchmark_seconds"] for name, search in searches.items()}
+        took["this invocation"] = time.perf_counter() - started
+        write_section(Path(args.results), args, sections, fronts, took, dense_accuracy)
         print(f"results page: {args.results}")
 
 
@@ -205,12 +210,13 @@ def matched_picks(fronts: pd.DataFrame, batch: int, dense_accuracy: float) -> pd
     return pd.DataFrame(rows)
 
 
-def write_section(path: Path, args, sections, fronts, seconds: float, dense_accuracy: float) -> None:
+def write_section(path: Path, args, sections, fronts, took: dict[str, float], dense_accuracy: float) -> None:
     """This run's section of the results page (one per runtime and layout; other sections are kept)."""
-    key = f"{args.runtime}{' channels-last' if args.channels_last else ''} on {args.device}"
+    key = f"{args.runtime}{' channels-last' if args.channels_last else ''} on {args.device}{args.label}"
     lines = [f"<!-- run: {key} -->", f"## {key}", "",
              f"{cpu_model()}, threads {torch.get_num_threads()}, torch {torch.__version__}; study file {args.study}, "
-             f"{args.trials} trials per study, {args.rounds} timing rounds; the whole run took {seconds / 60:.1f} min "
+             f"{args.trials} trials per study, {args.rounds} timing rounds; took "
+             f"{', '.join(f'{name} {seconds / 60:.1f} min' for name, seconds in took.items())} "
              f"({time.strftime('%Y-%m-%d %H:%M')}). Dense accuracy {dense_accuracy:.4f}.", ""]  # fmt: skip
     lines += ["| batch | dense (ms) | Pareto configs | median error, predicted ratio | per round | "
               "with per-model scale (leave-one-out) | scale |", "|---|---|---|---|---|---|---|"]  # fmt: skip
