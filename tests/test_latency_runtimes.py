@@ -92,3 +92,14 @@ def test_bad_channels_last_settings_are_named(kwargs, message):
         pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'ranksearch[onnx]'")
     with pytest.raises(rs.RanksearchError, match=message):
         LatencySettings(**kwargs)
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(3, 3), (None, "torch")])
+def test_onnxruntime_sessions_use_the_timing_threads_and_do_not_spin(threads, expected):
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'ranksearch[onnx]'")
+    from ranksearch.latency._runtimes import session_options
+
+    options = session_options(ort, threads)
+    assert options.intra_op_num_threads == (torch.get_num_threads() if expected == "torch" else expected)
+    assert options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

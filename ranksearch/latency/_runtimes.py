@@ -28,7 +28,7 @@ from torch import nn
 from ..adapters import call_model
 from ..errors import RanksearchError
 
-__all__ = ["RUNTIMES", "check_runtime", "forward_runner"]
+__all__ = ["RUNTIMES", "check_runtime", "forward_runner", "session_options"]
 
 RUNTIMES = ("torch", "torch.compile", "onnxruntime")
 ONNXRUNTIME_HINT = "the onnxruntime runtime needs the onnx extra: pip install 'ranksearch[onnx]'"
@@ -71,6 +71,20 @@ def forward_runner(model: nn.Module, inputs: object, runtime: str, threads: int 
     raise RanksearchError(f"latency runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
 
 
+def session_options(ort: ModuleType, threads: int | None) -> object:
+    """onnxruntime session options for timing: ``threads`` intra-op threads (None: torch's thread count, as the
+    torch runtimes use), one inter-op thread, and no spinning between runs. A spinning thread pool keeps its
+    cores busy after each run, which steals them from the next module timed (the dense reference is timed
+    interleaved with each model): on a 2-core CPU, batch-1 timings of the same model then varied 0.1-3.4x."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 def _onnxruntime_runner(model: nn.Module, inputs: object, threads: int | None) -> Callable[[], object]:
     from ..onnx_export import export_onnx, onnx_feed  # imports the exporter's packages only when used
 
@@ -79,12 +93,7 @@ def _onnxruntime_runner(model: nn.Module, inputs: object, threads: int | None) -
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         export_onnx(model, inputs, path, verify=False, dynamic_batch=False)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
-        session = ort.InferenceSession(path.read_bytes(), options, providers=providers)
+        session = ort.InferenceSession(path.read_bytes(), session_options(ort, threads), providers=providers)
     feed = onnx_feed(session, inputs)
     return lambda: session.run(None, feed)
