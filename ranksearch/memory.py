@@ -26,6 +26,7 @@ from .latency import DTYPES, LatencySettings
 from .tracing import InputShape, is_shape
 
 __all__ = [
+    "CPU_METHODS",
     "MemoryMeter",
     "MemorySettings",
     "MemoryUse",
@@ -45,7 +46,7 @@ class MemoryUse:
 
     weights_bytes: int  #: parameters and buffers at the deployment dtype
     activations_bytes: int  #: peak of the tensors alive in the forward pass beyond weights and input (outputs count)
-    method: str  #: "cuda allocator" (CUDA's caching allocator measured it) or "traced" (:func:`traced_activation_peak`)
+    method: str  #: "cuda allocator", "traced" (:func:`traced_activation_peak`) or "profiler" (measured on the CPU)
 
     @property
     def total_bytes(self) -> int:
@@ -193,21 +194,36 @@ def _device(device: str) -> torch.device:
     return target
 
 
+CPU_METHODS = ("traced", "profiler")
+"""How the CPU activation peak is counted: ``traced`` (live op outputs, what any runtime must hold) or
+``profiler`` (the allocator's records of eager PyTorch, kernel scratch included)."""
+
+
 def memory_use(
-    model: nn.Module, inputs: Inputs, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cpu_method: str = "traced",
 ) -> MemoryUse:
     """Weights and peak activations (bytes) of one inference forward pass of ``model`` on ``inputs``.
 
     ``model`` is copied to ``device`` and ``dtype`` in eval mode (the original is not touched); the inputs'
     floating-point tensors are cast to ``dtype`` (integer ones, e.g. token ids, keep theirs) and moved. On
-    CUDA the caching allocator measures the peak; on the CPU it is traced (:func:`traced_activation_peak`).
+    CUDA the caching allocator measures the peak; on the CPU it is traced (:func:`traced_activation_peak`),
+    or with ``cpu_method="profiler"`` measured (:func:`measured_cpu_activation_peak`).
     """
     target = _device(device)
     _check(dtype, inputs)
+    if cpu_method not in CPU_METHODS:
+        raise RanksearchError(f"memory cpu_method must be one of {', '.join(CPU_METHODS)}, got {cpu_method!r}")
     copied = copy.deepcopy(model).to(device=target, dtype=dtype).eval()
     moved = map_tensors(lambda t: t.to(target, dtype) if t.is_floating_point() else t.to(target), inputs)
     if target.type == "cuda":
         return MemoryUse(weight_bytes(copied), cuda_activation_peak(copied, moved), "cuda allocator")
+    if cpu_method == "profiler":
+        return MemoryUse(weight_bytes(copied), measured_cpu_activation_peak(copied, moved), "profiler")
     return MemoryUse(weight_bytes(copied), traced_activation_peak(copied, moved), "traced")
 
 
@@ -216,14 +232,20 @@ class MemorySettings:
     """Where the ``memory`` objective is counted: the deployment's device, dtype and inference batch size.
 
     A study with latency settings counts memory at theirs (:meth:`like`); without, float32 at batch 1 on the
-    evaluator's device.
+    evaluator's device. ``cpu_method`` (:data:`CPU_METHODS`): on the CPU, ``traced`` counts the live op
+    outputs, deterministic and runtime-independent; ``profiler`` measures eager PyTorch's allocations, whose
+    kernel scratch (oneDNN's reordered copies) made factorized convs at batch 32 up to 1.45x heavier than the
+    trace says (``benchmarks/RESULTS_memory.md``).
     """
 
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 1
+    cpu_method: str = "traced"
 
     def __post_init__(self) -> None:
+        if self.cpu_method not in CPU_METHODS:
+            raise RanksearchError(f"memory cpu_method must be one of {', '.join(CPU_METHODS)}, got {self.cpu_method!r}")
         if self.dtype not in DTYPES:
             raise RanksearchError(f"memory dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         b = self.batch_size
@@ -253,4 +275,5 @@ class MemoryMeter:
 
     def measure(self, model: nn.Module) -> MemoryUse:
         """Weights and peak activations of ``model`` (bytes) at the settings' device, dtype and batch."""
-        return memory_use(model, self.inputs, device=self.settings.device, dtype=DTYPES[self.settings.dtype])
+        s = self.settings
+        return memory_use(model, self.inputs, device=s.device, dtype=DTYPES[s.dtype], cpu_method=s.cpu_method)

@@ -259,6 +259,7 @@ def prepare(
             targets=section.targets,
             screen=section.screen,
             latency=study_file.latency,
+            memory=study_file.memory,
             heartbeat=section.heartbeat,
         )
     return PreparedStudy(search, model, data.train_loader, data.val_loader, builtin_spec(study_file, data.splits))

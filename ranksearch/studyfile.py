@@ -11,6 +11,7 @@
 [space]            # SearchSpace: methods, grid, cost_fractions, rank_fractions, rank_multiple, include, exclude, ...
 [evaluator]        # EvaluatorSettings: finetune_steps, lr, ..., eval_batches, bn_batches, distill, ...
 [latency]          # LatencySettings: device, dtype, batch_size, threads, warmup, repeats, check_every, table
+[memory]           # MemorySettings: device, dtype, batch_size, cpu_method (default: [latency]'s deployment)
 ```
 
 Each section maps onto one frozen dataclass (the search space and evaluator sections onto the very
@@ -54,6 +55,7 @@ from .usercode import check_spec
 if TYPE_CHECKING:  # imported where a whole file is read: reading [study] alone needs no torch
     from .evaluator import EvaluatorSettings
     from .latency import LatencySettings
+    from .memory import MemorySettings
     from .space import SearchSpace
     from .training import TrainSettings
 
@@ -192,6 +194,8 @@ class StudyFile:
     evaluator: EvaluatorSettings
     latency: LatencySettings | None = None
     """Latency measurement (None: only the defaults a ``latency`` objective brings)."""
+    memory: MemorySettings | None = None
+    """Memory counting (None: the defaults a ``memory`` objective or target brings)."""
 
     @property
     def storage(self) -> str:
@@ -204,7 +208,7 @@ class StudyFile:
         return self.path.resolve().parent
 
 
-_SECTIONS = ("study", "model", "data", "training", "space", "evaluator", "calibration", "latency")
+_SECTIONS = ("study", "model", "data", "training", "space", "evaluator", "calibration", "latency", "memory")
 _RENAMED_SECTIONS = {"baseline": "training"}
 _RENAMED_STUDY_KEYS = {"warm_start_baselines": "warm_start_heuristics"}
 
@@ -312,10 +316,12 @@ def _settings_classes() -> dict[str, type]:
     """The classes of the sections that the Python API takes too (their modules import torch)."""
     from .evaluator import EvaluatorSettings
     from .latency import LatencySettings
+    from .memory import MemorySettings
     from .space import SearchSpace
     from .training import TrainSettings
 
-    return {"training": TrainSettings, "space": SearchSpace, "evaluator": EvaluatorSettings, "latency": LatencySettings}
+    classes = (TrainSettings, SearchSpace, EvaluatorSettings, LatencySettings, MemorySettings)
+    return dict(zip(("training", "space", "evaluator", "latency", "memory"), classes, strict=True))
 
 
 def _model_section(document: dict, path: Path) -> ModelSection:
@@ -388,7 +394,5 @@ def load_study_file(path: str | Path) -> StudyFile:
         training=_training_section(document.get("training", {}), path),
         space=build_section(classes["space"], document.get("space", {}), f"{path}: [space]"),
         evaluator=_evaluator_section(document, path, classes["evaluator"]),
-        latency=None
-        if "latency" not in document
-        else build_section(classes["latency"], document["latency"], f"{path}: [latency]"),
+        **{o: build_section(classes[o], document[o], f"{path}: [{o}]") for o in ("latency", "memory") if o in document},
     )

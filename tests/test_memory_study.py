@@ -57,7 +57,7 @@ def test_a_memory_study_stores_the_objective_and_reports_it(tiny_task, tmp_path)
     assert s.completed_trials()[0].values[1] == 1.0  # the dense warm start
     results = s.results()
     assert results.dense["memory_bytes"] == s.evaluator.dense.memory_bytes
-    assert results.settings["memory"] == {"device": "cpu", "dtype": "float32", "batch_size": 1}
+    assert results.settings["memory"] == {"device": "cpu", "dtype": "float32", "batch_size": 1, "cpu_method": "traced"}
     frame = results.completed()
     assert (frame["memory_mb"] * 2**20 == [t.user_attrs["memory_bytes"] for t in s.completed_trials()]).all()
     best = results.best_per_target()
@@ -97,6 +97,7 @@ def test_memory_follows_the_latency_settings_unless_given():
         ({"dtype": "int8"}, "memory dtype 'int8' is not one of"),
         ({"batch_size": 0}, "memory batch_size must be an int >= 1"),
         ({"device": "tpu"}, "not a torch device|only cpu and cuda"),
+        ({"cpu_method": "rss"}, "memory cpu_method must be one of traced, profiler"),
     ],
 )
 def test_bad_memory_settings_are_refused(kwargs, message):
@@ -135,3 +136,35 @@ def test_export_records_the_measured_latency_and_memory(tiny_task, tmp_path):
     assert timed["batch_size"] == 2 and timed["predicted_ratio"] > 0
     assert memory["batch_size"] == 2 and memory["bytes"] > memory["activations_bytes"] > 0 and memory["ratio"] < 1
     assert any(line.startswith("latency: ") for line in lines) and any(line.startswith("memory: ") for line in lines)
+
+
+def test_the_profiler_method_measures_at_least_the_trace(tiny_task):
+    model, train_loader, val_loader = tiny_task
+    traced = Evaluator(model, train_loader, val_loader, FAST, memory=MemorySettings(batch_size=8))
+    measured = Evaluator(
+        model, train_loader, val_loader, FAST, memory=MemorySettings(batch_size=8, cpu_method="profiler")
+    )
+    assert measured.memory.dense.method == "profiler" and traced.memory.dense.method == "traced"
+    assert measured.memory.dense.weights_bytes == traced.memory.dense.weights_bytes
+    assert measured.memory.dense.activations_bytes >= traced.memory.dense.activations_bytes > 0
+
+
+def test_a_memory_section_sets_the_batch_and_method(tmp_path, capsys):
+    path = write_study(tmp_path)
+    header = 'n_trials = 2\nobjectives = ["accuracy", "memory"]\nstrategy = "per-layer"'
+    section = "\n[memory]\nbatch_size = 4\ncpu_method = 'profiler'\n"
+    path.write_text(path.read_text().replace("n_trials = 4", header) + section)
+    assert main(["run", str(path)]) == 0
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert summary["dense"]["memory_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [("[memory]\nbatch = 4\n", r"\[memory\].*batch"), ("[memory]\ncpu_method = 'rss'\n", r"\[memory\].*cpu_method")],
+)
+def test_bad_memory_sections(tmp_path, capsys, section, message):
+    path = write_study(tmp_path)
+    path.write_text(path.read_text() + section)
+    assert main(["run", str(path)]) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
