@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_leaves
 from .adapters import call_model, leaf_tensors, map_tensors, repeat_first
 from .errors import RanksearchError
 from .latency import DTYPES, LatencySettings
+from .latency._measure import checked_device
 from .tracing import InputShape, is_shape
 
 __all__ = [
@@ -181,19 +182,6 @@ def measured_cpu_activation_peak(model: nn.Module, inputs: Inputs) -> int:
     return max(accumulate(sizes, initial=0))
 
 
-def _device(device: str) -> torch.device:
-    """``device`` as a torch device, or a clear error (not a device, not cpu/cuda, CUDA missing)."""
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise RanksearchError(f"memory device {device!r} is not a torch device") from None
-    if target.type not in ("cpu", "cuda"):
-        raise RanksearchError(f"memory device {device!r}: only cpu and cuda are supported")
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise RanksearchError(f"memory device {device!r} requested but CUDA is not available on this machine")
-    return target
-
-
 CPU_METHODS = ("traced", "profiler")
 """How the CPU activation peak is counted: ``traced`` (live op outputs, what any runtime must hold) or
 ``profiler`` (the allocator's records of eager PyTorch, kernel scratch included)."""
@@ -214,7 +202,7 @@ def memory_use(
     CUDA the caching allocator measures the peak; on the CPU it is traced (:func:`traced_activation_peak`),
     or with ``cpu_method="profiler"`` measured (:func:`measured_cpu_activation_peak`).
     """
-    target = _device(device)
+    target = checked_device(device, "memory")
     _check(dtype, inputs)
     if cpu_method not in CPU_METHODS:
         raise RanksearchError(f"memory cpu_method must be one of {', '.join(CPU_METHODS)}, got {cpu_method!r}")
@@ -251,7 +239,7 @@ class MemorySettings:
         b = self.batch_size
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise RanksearchError(f"memory batch_size must be an int >= 1, got {b!r}")
-        _device(self.device)
+        checked_device(self.device, "memory")
 
     @classmethod
     def like(cls, latency: LatencySettings) -> MemorySettings:

@@ -20,7 +20,15 @@ from ..errors import RanksearchError
 from ..tracing import InputShape, is_shape
 from ._runtimes import check_runtime, forward_runner
 
-__all__ = ["DTYPES", "LatencySettings", "device_name", "measure_paired", "measure_seconds", "prepared"]
+__all__ = [
+    "DTYPES",
+    "LatencySettings",
+    "checked_device",
+    "device_name",
+    "measure_paired",
+    "measure_seconds",
+    "prepared",
+]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,14 +72,7 @@ class LatencySettings:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise RanksearchError(f"latency dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise RanksearchError(f"latency device {self.device!r} is not a torch device") from None
-        if device.type not in ("cpu", "cuda"):
-            raise RanksearchError(f"latency device {self.device!r}: only cpu and cuda are supported")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RanksearchError(f"latency device {self.device!r} requested but CUDA is not available on this machine")
+        device = checked_device(self.device, "latency")
         if device.type == "cpu" and self.dtype != "float32":
             raise RanksearchError(f"latency dtype {self.dtype} is for CUDA devices; on the CPU use float32")
         check_runtime(self.runtime, device)
@@ -96,6 +97,20 @@ class LatencySettings:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+def checked_device(device: object, what: str) -> torch.device:
+    """``device`` as a torch device, or an error naming ``what`` it is for: not a device, not cpu or cuda, or
+    CUDA asked for where there is none."""
+    try:
+        checked = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RanksearchError(f"{what} device {device!r} is not a torch device") from None
+    if checked.type not in ("cpu", "cuda"):
+        raise RanksearchError(f"{what} device {device!r}: only cpu and cuda are supported")
+    if checked.type == "cuda" and not torch.cuda.is_available():
+        raise RanksearchError(f"{what} device {device!r} requested but CUDA is not available on this machine")
+    return checked
 
 
 def device_name(device: str | torch.device) -> str:
