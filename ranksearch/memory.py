@@ -8,6 +8,7 @@ every compressed model, at the deployment's device, dtype and batch size (:class
 from __future__ import annotations
 
 import copy
+import os
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ def measured_cpu_activation_peak(model: nn.Module, inputs: Inputs) -> int:
     CPU allocation and free; its parsed events fold those inside an op into the op) summed in time order, after
     one unmeasured forward. Kernel workspace counts here, so this is at least the traced estimate.
     """
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # else every profiler start and stop prints a line on stderr
     with torch.inference_mode():
         _forward(model, inputs)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded:
