@@ -356,16 +356,8 @@ def _export(args: argparse.Namespace) -> None:
     results = load_results(storage, study_file.study.name)  # before prepare(), which would create a new study
     if args.epochs < 0:
         raise RanksearchError(f"--epochs must be >= 0, got {args.epochs}")
-    caps = {
-        cost: cap
-        for cost, cap in (
-            ("macs", args.max_macs),
-            ("params", args.max_params),
-            ("latency", args.max_latency),
-            ("memory", args.max_memory),
-        )
-        if cap is not None
-    }
+    caps = {cost: getattr(args, f"max_{cost}") for cost in ("macs", "params", "latency", "memory")}
+    caps = {cost: cap for cost, cap in caps.items() if cap is not None}
     rule = {"trial": args.trial, "max_costs": caps, "min_accuracy": args.min_accuracy,
             "max_accuracy_drop": args.max_accuracy_drop, "min_fidelity": args.min_fidelity,
             "knee": args.knee}  # fmt: skip
