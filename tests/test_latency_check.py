@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from torch import nn
 
+from ranksearch.errors import RanksearchError
 from ranksearch.latency import LatencyEstimator, LatencySettings, measure_paired, measure_seconds
 from ranksearch.models import build_model
 from ranksearch.record import FRONT_LATENCY_ATTR
@@ -160,3 +161,42 @@ def test_front_timings_are_read_in_both_stored_forms(stored, seconds, reference)
     (record,) = records_of(study)
     assert record.measurements.latency_measured_seconds == seconds
     assert record.measurements.latency_reference_seconds == reference
+
+
+# --- the correction in targets and caps --------------------------------------------------------------
+
+
+def timed_results(measured_change: float):
+    """A latency study: dense (10 ms) and five configs whose measured change is ``measured_change`` times the
+    predicted one, each timed against a 10 ms reference; trial 3 is predicted at 0.5 of dense."""
+    from _records import make_results, record
+
+    records = [record(0, 0.95, 1.0, methods=("dense",) * 3, latency_ratio=1.0, latency_seconds=0.01)]
+    for number, (accuracy, predicted) in enumerate([(0.9, 0.4), (0.91, 0.45), (0.92, 0.5), (0.93, 0.6), (0.94, 0.8)]):
+        measured = 1 + measured_change * (predicted - 1)
+        timed = {"latency_seconds": 0.01 * predicted, "latency_measured_seconds": 0.01 * measured}
+        records.append(record(number + 1, accuracy, predicted, latency_ratio=predicted, latency_reference_seconds=0.01,
+                              **timed))  # fmt: skip
+    return make_results(records, objectives=("accuracy", "latency"), settings={"targets": {"latency": [0.6]}})
+
+
+def test_latency_targets_and_caps_use_the_correction_the_checks_support():
+    from ranksearch.report import choose
+
+    results = timed_results(0.5)  # the table predicts twice the savings the whole model shows
+    assert results.latency_scale == pytest.approx(0.5)
+    corrected = results.corrected_latency(results.completed()).set_index("trial")["latency_ratio"]
+    assert corrected.loc[3] == pytest.approx(0.75) and corrected.loc[0] == 1.0
+    # raw, trials 1-4 are predicted at <= 0.6 of dense (the best: 4); corrected (0.7-0.8), none are
+    best = results.best_per_target()
+    assert best["trial"].isna().all()
+    assert results.best_per_target({"latency": [0.8]})["trial"].tolist() == [4]  # 4 corrects to 0.8
+    with pytest.raises(RanksearchError, match=r"no trial has latency <= 0\.6"):
+        choose(results, max_costs={"latency": 0.6})
+
+
+def test_without_a_correction_that_helps_the_table_prediction_stands():
+    results = timed_results(1.0)  # measured as predicted: no correction
+    frame = results.completed()
+    assert results.corrected_latency(frame) is frame
+    assert results.best_per_target()["trial"].tolist() == [4]  # predicted at 0.6: the most accurate within it

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["CHECK_COLUMNS", "MIN_FIT_POINTS", "fit_latency_scale", "latency_check_frame"]
+__all__ = ["CHECK_COLUMNS", "MIN_FIT_POINTS", "fit_latency_scale", "latency_check_frame", "trusted_scale"]
 
 MIN_FIT_POINTS = 3
 """Timed trials needed (besides the one checked) before the scale is fitted; fewer leave it at 1."""
@@ -79,3 +79,13 @@ def latency_check_frame(completed: pd.DataFrame, dense_seconds: float | None) ->
             "is_pareto": frame["is_pareto"].to_numpy(),
         }
     )
+
+
+def trusted_scale(check: pd.DataFrame) -> float:
+    """The scale to apply to a study's predicted latencies (its targets and caps): the fit on every timed trial
+    of ``check`` (:func:`latency_check_frame`) when the leave-one-out corrected errors beat the raw ones
+    (median |error|), else 1.0. A few noisy checks give a scale that predicts held-out checks worse: then the
+    table's own prediction stands."""
+    if check.empty or not check["corrected_error"].abs().median() < check["error"].abs().median():
+        return 1.0
+    return fit_latency_scale(check["predicted_ratio"].to_numpy(), check["measured_ratio"].to_numpy())

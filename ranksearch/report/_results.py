@@ -28,7 +28,7 @@ import pandas as pd
 from ..errors import RanksearchError
 from ..objectives import QUALITY_OBJECTIVES
 from ..record import DENSE, TrialRecord
-from ._latency_check import fit_latency_scale, latency_check_frame
+from ._latency_check import fit_latency_scale, latency_check_frame, trusted_scale
 from ._pareto import hypervolume, hypervolume_history, pareto_mask, to_minimization
 from ._targets import best_rows, sensitivity_frame
 
@@ -293,20 +293,30 @@ class StudyResults:
         check = self.latency_check()
         return fit_latency_scale(check["predicted_ratio"].to_numpy(), check["measured_ratio"].to_numpy())
 
+    def corrected_latency(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` (trials-table rows) with ``latency_ratio`` corrected by :func:`trusted_scale`: what latency
+        targets and caps compare (unchanged while the study's timed checks do not support a correction)."""
+        scale = trusted_scale(self.latency_check())
+        return frame if scale == 1.0 else frame.assign(latency_ratio=1 + scale * (frame["latency_ratio"] - 1))
+
     def best_per_target(self, targets: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
         """The best completed trial (highest :attr:`quality`) within each budget target: what to ship at each budget.
 
-        ``targets`` maps a cost (``macs``, ``params``, ``latency``) to fractions of the dense model, e.g.
-        ``{"macs": [0.1, 0.25]}``; by default the targets the study was run with (``settings["targets"]``).
+        ``targets`` maps a cost (``macs``, ``params``, ``latency``, ``memory``) to fractions of the dense model,
+        e.g. ``{"macs": [0.1, 0.25]}``; by default the targets the study was run with (``settings["targets"]``).
         One row per (cost, target): ``cost``, ``target``, ``trial``, the :attr:`qualities` (``accuracy``
         and/or ``fidelity``), ``value`` (the trial's cost of that kind), ``macs``, ``params`` (and
-        ``latency`` when recorded) as fractions of dense, and
+        ``latency``, ``memory`` when recorded) as fractions of dense, and
         ``methods``. Ties go to the cheaper trial in that cost, then the lower number; ``trial`` is missing
-        (``<NA>``) where no trial meets the target. An unknown cost kind or a fraction outside (0, 1)
-        raises :class:`RanksearchError`.
+        (``<NA>``) where no trial meets the target. With latency targets, latencies are corrected by the
+        study's timed checks where they support it (:meth:`corrected_latency`). An unknown cost kind or a
+        fraction outside (0, 1) raises :class:`RanksearchError`.
         """
         chosen = self.settings.get("targets") if targets is None else targets
-        return best_rows(self.completed(), chosen or {}, self.qualities)
+        frame = self.completed()
+        if isinstance(chosen, Mapping) and "latency" in chosen:
+            frame = self.corrected_latency(frame)
+        return best_rows(frame, chosen or {}, self.qualities)
 
     def sensitivity(self) -> pd.DataFrame:
         """The per-layer sensitivity curves the study measured (``allocate`` strategy), one row per point:

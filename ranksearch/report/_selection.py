@@ -96,6 +96,8 @@ def choose(
     candidates = results.completed()
     if candidates.empty:
         raise RanksearchError(f"study {results.name!r} has no completed trial to choose from")
+    if "latency" in max_costs:  # caps compare the prediction corrected by the study's timed checks
+        candidates = results.corrected_latency(candidates)
     candidates, rules = _under_caps(results, candidates, max_costs)
     quality = results.quality
     if any(value is not None for value in floors.values()):
