@@ -199,7 +199,8 @@ def memory_use(
 ) -> MemoryUse:
     """Weights and peak activations (bytes) of one inference forward pass of ``model`` on ``inputs``.
 
-    ``model`` is copied to ``device`` and ``dtype`` in eval mode (the original is not touched); the inputs'
+    ``model`` runs in eval mode, copied to ``device`` and ``dtype`` unless it is there already (its modes are
+    restored after; its weights are not touched); the inputs'
     floating-point tensors are cast to ``dtype`` (integer ones, e.g. token ids, keep theirs) and moved. On
     CUDA the caching allocator measures the peak; on the CPU it is traced (:func:`traced_activation_peak`),
     or with ``cpu_method="profiler"`` measured (:func:`measured_cpu_activation_peak`).
@@ -208,13 +209,31 @@ def memory_use(
     _check(dtype, inputs)
     if cpu_method not in CPU_METHODS:
         raise RanksearchError(f"memory cpu_method must be one of {', '.join(CPU_METHODS)}, got {cpu_method!r}")
-    copied = copy.deepcopy(model).to(device=target, dtype=dtype).eval()
+    # a model already on the device and dtype (every trial's, on the CPU) is measured as it is: no copy per trial
+    placed = _placed(model, target, dtype)
+    measured = model if placed else copy.deepcopy(model).to(device=target, dtype=dtype)
     moved = map_tensors(lambda t: t.to(target, dtype) if t.is_floating_point() else t.to(target), inputs)
-    if target.type == "cuda":
-        return MemoryUse(weight_bytes(copied), cuda_activation_peak(copied, moved), "cuda allocator")
-    if cpu_method == "profiler":
-        return MemoryUse(weight_bytes(copied), measured_cpu_activation_peak(copied, moved), "profiler")
-    return MemoryUse(weight_bytes(copied), traced_activation_peak(copied, moved), "traced")
+    modes = [(module, module.training) for module in measured.modules()]
+    measured.eval()
+    try:
+        if target.type == "cuda":
+            return MemoryUse(weight_bytes(measured), cuda_activation_peak(measured, moved), "cuda allocator")
+        if cpu_method == "profiler":
+            return MemoryUse(weight_bytes(measured), measured_cpu_activation_peak(measured, moved), "profiler")
+        return MemoryUse(weight_bytes(measured), traced_activation_peak(measured, moved), "traced")
+    finally:
+        for module, training in modes:  # the caller's modes, submodule by submodule
+            module.training = training
+
+
+def _placed(model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether every tensor of ``model`` is on ``device`` and every floating one in ``dtype``."""
+    return all(
+        t.device.type == device.type
+        and (device.index is None or t.device.index == device.index)
+        and (not t.is_floating_point() or t.dtype == dtype)
+        for t in (*model.parameters(), *model.buffers())
+    )
 
 
 @dataclass(frozen=True)

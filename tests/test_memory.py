@@ -250,3 +250,16 @@ def test_cuda_peak_agrees_with_the_traced_estimate():
     assert (cuda.method, cpu.method) == ("cuda allocator", "traced")
     assert cuda.weights_bytes == cpu.weights_bytes
     assert cuda.activations_bytes == pytest.approx(cpu.activations_bytes, rel=0.25)
+
+
+def test_a_model_already_in_place_is_measured_as_it_is_and_keeps_its_modes():
+    model = nn.Sequential(nn.Linear(10, 20), nn.BatchNorm1d(20), nn.Dropout(0.5), nn.Linear(20, 5))
+    model.train()
+    model[2].eval()  # mixed modes: each one comes back
+    before = [p.detach().clone() for p in model.parameters()]
+    use = memory_use(model, torch.ones(8, 10))
+    assert [m.training for m in model] == [True, True, False, True]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert model[1].running_mean.abs().sum() == 0  # ran in eval mode: no BatchNorm statistics updated
+    copied = memory_use(model.double(), torch.ones(8, 10))  # float64 to float32: measured on a copy
+    assert use == copied and next(model.parameters()).dtype == torch.float64

@@ -284,19 +284,23 @@ class StudyResults:
         ``predicted_ratio``, ``measured_ratio``, ``error`` (predicted / measured ratio - 1),
         ``corrected_ratio`` and ``corrected_error`` (with the per-model scale fitted on the other timed
         trials, see :attr:`latency_scale`) and ``is_pareto``; empty without latency measurements."""
+        return self._latency_check.copy()
+
+    @cached_property
+    def _latency_check(self) -> pd.DataFrame:  # computed once: the card, the figure, targets and caps need it
         return latency_check_frame(self.completed(), self.dense.get("latency_seconds"))
 
     @property
     def latency_scale(self) -> float:
         """The per-model correction of predicted latency changes, fitted on every timed trial:
         ``1 + latency_scale * (latency_ratio - 1)`` is the corrected prediction (1.0 until enough trials were timed)."""
-        check = self.latency_check()
+        check = self._latency_check
         return fit_latency_scale(check["predicted_ratio"].to_numpy(), check["measured_ratio"].to_numpy())
 
     def corrected_latency(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` (trials-table rows) with ``latency_ratio`` corrected by :func:`trusted_scale`: what latency
         targets and caps compare (unchanged while the study's timed checks do not support a correction)."""
-        scale = trusted_scale(self.latency_check())
+        scale = trusted_scale(self._latency_check)
         return frame if scale == 1.0 else frame.assign(latency_ratio=1 + scale * (frame["latency_ratio"] - 1))
 
     def best_per_target(self, targets: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
