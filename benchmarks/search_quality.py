@@ -4,13 +4,13 @@ Every arm's configs go through the same evaluator (the study file's brief fine-t
 
 - baselines, each swept over ``--trials`` MACs budgets (the targets, then a log-spaced grid), so that every
   front has as many points as a search has trials: uniform SVD / Tucker-2, energy SVD, VBMF Tucker-2 and
-  error-balanced (ALDS-style) SVD / Tucker-2, all on the layers the study searches;
+  error-balanced (ALDS-style) SVD / Tucker-2, uniform CP / TT, all on the layers the study searches;
 - ``one-shot``: the per-layer sensitivity pass, then one knapsack allocation per budget (no search);
 - searches (``--arms``), each limited to the time of ``--trials`` full trials (the median baseline
   evaluation, measured in the same run) with its preparation (the sensitivity pass, proxies) counted:
   ``ranksearch`` (the default: allocate strategy, TPE, the targets), ``random`` (allocate, random knobs),
-  ``nsga2`` (allocate, NSGA-II), ``no-screen`` (allocate, TPE, no proxy screening), ``per-layer`` (TPE over
-  every layer's method and level on the cost grid).
+  ``nsga2`` (allocate, NSGA-II), ``gp`` (allocate, Optuna's GP sampler), ``no-screen`` (allocate, TPE, no
+  proxy screening), ``per-layer`` (TPE over every layer's method and level on the cost grid).
 
 Prints and writes (``--results``) the best accuracy at <= each target per arm (mean over seeds), the
 hypervolume, each arm's time, candidates screened and full evaluations per minute, the rank correlation of
@@ -68,6 +68,7 @@ SEARCH_ARMS = {
     "ranksearch": {"strategy": "allocate", "sampler": "tpe"},
     "random": {"strategy": "allocate", "sampler": "random"},
     "nsga2": {"strategy": "allocate", "sampler": "nsga2"},
+    "gp": {"strategy": "allocate", "sampler": "gp"},
     "no-screen": {"strategy": "allocate", "sampler": "tpe", "screen": 1},
     "per-layer": {"strategy": "per-layer", "sampler": "tpe"},
 }

@@ -50,7 +50,7 @@ OBJECTIVES = {
 QUALITY_OBJECTIVES = ("accuracy", "fidelity")
 """The objectives that measure how good a compressed model is (maximized); the others are costs."""
 
-SAMPLERS = ("tpe", "nsga2", "nsga3", "random")
+SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 
 DEFAULT_OBJECTIVES = ("accuracy", "macs")
 DEFAULT_SAMPLER = "tpe"

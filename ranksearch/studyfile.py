@@ -87,7 +87,7 @@ class StudySection:
         objectives: two or more of accuracy, macs, params.
         n_trials: the total trial budget; re-running continues until it is reached.
         timeout: stop starting new trials after this many seconds (per run).
-        sampler: tpe, nsga2, nsga3 or random.
+        sampler: tpe, nsga2, nsga3, gp or random.
         seed: sampler seed.
         warm_start: kept-rank fractions of the uniform configs tried first (after the dense model).
         warm_start_heuristics: MACs budgets (fractions of dense) at which the rank heuristics' configs are tried

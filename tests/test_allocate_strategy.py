@@ -301,3 +301,14 @@ def test_trials_screen_the_uniform_config_of_each_method_at_their_budget(tiny_ta
         if higher:  # the next level up does not fit the budget
             up = {n: (method, higher[0]) if p == (method, level) else p for n, p in picks.items()}
             assert cost(up) > 0.4
+
+
+def test_the_gp_sampler_searches_the_knobs_past_its_random_start(tiny_task, make_search):
+    search = allocate(tiny_task, make_search, targets={"macs": [0.5, 0.3]}, screen=1, sampler="gp", seed=3)
+    assert isinstance(search.study.sampler, optuna.samplers.GPSampler)
+    search.optimize(12, show_progress=False)  # the GP's 10 random start-up trials, then two it proposes
+    trials = search.study.get_trials()
+    assert [t.state for t in trials] == [COMPLETE] * 12
+    for trial in trials:
+        assert trial.user_attrs["macs_ratio"] <= trial.params["target"] * trial.params["slack"] + 1e-12
+        assert -1.0 <= trial.params["depth_tilt"] <= 1.0

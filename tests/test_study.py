@@ -144,7 +144,7 @@ def test_an_existing_study_with_other_objectives_is_refused(tiny_task, tmp_path)
         ),
         ({"objectives": ("accuracy", "latency", "latency")}, "at least two distinct objectives"),
         ({"objectives": ("macs", "params")}, "objectives must include 'accuracy'"),
-        ({"sampler": "cmaes"}, "unknown sampler 'cmaes'; available: tpe, nsga2, nsga3, random"),
+        ({"sampler": "cmaes"}, "unknown sampler 'cmaes'; available: tpe, nsga2, nsga3, gp, random"),
         ({"storage": "nosuchdb://host/x"}, "cannot open storage 'nosuchdb://host/x'"),
         ({"storage": "runs/x.db"}, "is not a storage URL"),
     ],
@@ -154,7 +154,7 @@ def test_bad_search_settings(tiny_task, kwargs, message):
         make_search(tiny_task, **kwargs)
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "nsga3", "random"])
+@pytest.mark.parametrize("sampler", ["nsga2", "nsga3", "gp", "random"])
 def test_other_samplers_run(tiny_task, sampler):
     search = make_search(tiny_task, sampler=sampler)
     search.optimize(5, show_progress=False)

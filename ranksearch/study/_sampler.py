@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import optuna
@@ -26,5 +27,21 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():  # experimental in Optuna; chosen explicitly by the user
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.NSGAIIISampler(seed=seed)
+    if name == "gp":
+        return _gp_sampler(seed)
     check_sampler(name)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _gp_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """Optuna's Gaussian-process sampler (log-expected hypervolume improvement with several objectives).
+
+    It models the continuous knobs of the ``allocate`` strategy; a conditional per-layer space falls back to
+    independent random sampling for the parameters it cannot model, so its warning per parameter is off.
+    Without the optional ``greenlet`` package Optuna logs, once, that its acquisition optimizer runs
+    sequentially: that only costs time, which a search's wall-clock budget already counts, so it is quieted.
+    """
+    logging.getLogger("optuna._gp.batched_lbfgsb").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)

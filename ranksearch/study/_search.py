@@ -69,7 +69,7 @@ class RankSearch:
         study_name: the study's name in the storage; an existing study is resumed.
         space: methods, rank grid and layer selection.
         evaluator: fine-tune and measurement settings.
-        sampler: ``"tpe"`` (default), ``"nsga2"``, ``"nsga3"`` or ``"random"``.
+        sampler: ``"tpe"`` (default), ``"nsga2"``, ``"nsga3"``, ``"gp"`` or ``"random"``.
         seed: seeds the sampler (the evaluator has its own seed).
         strategy: ``"allocate"`` (default: per-layer sensitivity curves measured once, trials search a
             budget, method preferences and a depth tilt that an allocation turns into a config, screened by
