@@ -47,6 +47,7 @@ def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budg
     compressed = ranksearch.apply(model, CompressionConfig.from_dict(best["config"]), cache=evaluator.cache)
     evaluator.recalibrate(compressed)
     finetune_epochs(compressed, train_loader, epochs=epochs, lr=0.01, device=evaluator.device,
+                    grad_clip=evaluator.settings.grad_clip,
                     log=lambda line: print(f"  final {arm}@{budget}: {line.strip()}"))  # fmt: skip
     accuracy = evaluate_accuracy(compressed, val_loader, evaluator.device)
     return {"accuracy": accuracy, "macs": float(best["macs"]), "brief accuracy": float(best["accuracy"]),

@@ -221,13 +221,14 @@ def _finetune(
     facts: dict[str, object],
     log: Callable[[str], None],
 ) -> None:
-    """Fine-tune ``model`` in place as the study's brief fine-tune does (the evaluator's loss and batch adapter;
-    batches without labels distilled from the dense model), then measure the qualities the rebuild measured."""
+    """Fine-tune ``model`` in place as the study's brief fine-tune does (the evaluator's loss, batch adapter and
+    gradient clipping; batches without labels distilled from the dense model), then measure the qualities the
+    rebuild measured."""
     before = {quality: facts[quality] for quality in QUALITIES if quality in facts}
     finetune_epochs(
         model, train_loader, epochs=epochs, lr=lr, device=evaluator.settings.device, loss_fn=evaluator.loss_fn,
         adapter=evaluator.adapter, teacher=evaluator.model, fidelity=evaluator.fidelity_kind,
-        temperature=evaluator.settings.distill_temperature, log=log,
+        temperature=evaluator.settings.distill_temperature, grad_clip=evaluator.settings.grad_clip, log=log,
     )  # fmt: skip
     measure = {"accuracy": evaluator.measure, "fidelity": evaluator.measure_fidelity}
     dense = {"accuracy": evaluator.dense.accuracy, "fidelity": 1.0}
@@ -236,7 +237,7 @@ def _finetune(
         facts[quality] = after = measure[quality](model)
         facts[f"{quality}_before"] = value
         changes.append(f"{quality} {value:.4f} -> {after:.4f} (dense {dense[quality]:.4f})")
-    facts.update(finetune_epochs=epochs, finetune_lr=lr)
+    facts.update(finetune_epochs=epochs, finetune_lr=lr, finetune_grad_clip=evaluator.settings.grad_clip)
     log(f"fine-tuned {epochs} epochs: {', '.join(changes) or 'no quality measured'}")
 
 

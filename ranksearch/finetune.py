@@ -38,6 +38,7 @@ def finetune_epochs(
     teacher: nn.Module | None = None,
     fidelity: str = "auto",
     temperature: float = 4.0,
+    grad_clip: float | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``epochs`` passes over ``train_loader`` (SGD, cosine decay to 0).
 
@@ -46,9 +47,14 @@ def finetune_epochs(
     ``teacher`` (the dense model, on ``device``; run in eval mode): its loss is
     :func:`~ranksearch.fidelity.distillation_loss` of the ``fidelity`` kind at ``temperature``.
 
+    ``grad_clip`` clips the gradient norm (over all parameters) before each step, as the brief fine-tune's
+    setting of the same name does: factor chains such as CP's can blow up at a learning rate their dense layer
+    trains at.
+
     Returns the mean training loss of each epoch; logs one line per epoch. Raises on a non-finite loss.
     """
     total = epochs * _steps_per_epoch(train_loader, epochs, lr)
+    _check_clip(grad_clip)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.to(device).train()
     adapter = adapter or BatchAdapter()
@@ -69,6 +75,8 @@ def finetune_epochs(
                     raise RanksearchError(f"fine-tune loss became {loss.item()} at {where}: try a lower lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
                 size = batch_size(inputs)
                 running += loss.item() * size
@@ -94,6 +102,12 @@ def _steps_per_epoch(train_loader: Iterable, epochs: object, lr: object) -> int:
     if steps_per_epoch == 0:
         raise RanksearchError("train_loader is empty")
     return steps_per_epoch
+
+
+def _check_clip(grad_clip: object) -> None:
+    number = isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool)
+    if grad_clip is not None and not (number and math.isfinite(grad_clip) and grad_clip > 0):
+        raise RanksearchError(f"grad_clip must be a finite number > 0 or None, got {grad_clip!r}")
 
 
 class _Distill:

@@ -151,3 +151,42 @@ def test_the_model_is_back_in_eval_mode_after_a_failure():
 def test_loaders_that_cannot_be_trained_on(loader, message):
     with pytest.raises(rs.RanksearchError, match=message):
         finetune_epochs(classifier(), loader, epochs=1)
+
+
+def test_grad_clip_bounds_each_step_to_lr_times_the_clip():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(50.0)  # a large loss: its gradient norm is far above the clip
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    batch = [blobs()[0]]
+    finetune_epochs(model, batch, epochs=1, lr=0.1, momentum=0.0, weight_decay=0.0, grad_clip=0.5, log=str)
+    step = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+    # one step at lr 0.1 (the cosine starts at lr): |step| = lr * min(|grad|, clip) = 0.05
+    assert float(step.norm()) == pytest.approx(0.05, rel=1e-5)
+
+
+@pytest.mark.parametrize("clip", [0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_bad_grad_clip_is_refused_before_training(clip):
+    model = classifier()
+    before = [p.clone() for p in model.parameters()]
+    message = rf"grad_clip must be a finite number > 0 or None, got {re.escape(repr(clip))}$"
+    with pytest.raises(rs.RanksearchError, match=message):
+        finetune_epochs(model, blobs(), epochs=1, grad_clip=clip, log=lambda s: None)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+def test_export_fine_tunes_with_the_studys_grad_clip(tiny_task, make_search, tmp_path, monkeypatch):
+    import dataclasses
+
+    import ranksearch.export as export_module
+
+    calls = []
+    real = export_module.finetune_epochs
+    monkeypatch.setattr(export_module, "finetune_epochs", lambda *a, **k: calls.append(k) or real(*a, **k))
+    search = make_search(tiny_task)
+    search.evaluator.settings = dataclasses.replace(search.evaluator.settings, grad_clip=0.5)
+    search.optimize(2, show_progress=False)
+    exported = search.export(tmp_path, knee=True, epochs=1, log=lambda line: None)
+    assert [call["grad_clip"] for call in calls] == [0.5]
+    assert exported.metadata["finetune_grad_clip"] == 0.5
