@@ -37,9 +37,19 @@ def _best_under(frame: pd.DataFrame, arm: str, budget: float, seed: int | None) 
     return None if rows.empty else rows.sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
 
 
+def _fine_tune(evaluator) -> str:
+    s = evaluator.settings
+    clip = f", gradient norm clipped to {s.grad_clip:g}" if s.grad_clip else ""
+    distill = (
+        f"distillation from the dense model at weight {evaluator.distill:g}" if evaluator.distill else "labels only"
+    )
+    return f"{s.finetune_steps} SGD steps at lr {s.lr:g}, {distill}{clip}"
+
+
 def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budget, epochs) -> dict:
     """The best config of ``arm`` (``seed``) at <= ``budget`` MACs, fine-tuned ``epochs`` epochs, then measured on
-    the whole validation set: ``{"accuracy", "macs", "brief accuracy", "seconds"}`` (CPU seconds)."""
+    the whole validation set: ``{"accuracy", "macs", "brief accuracy", "seconds"}`` (CPU seconds). The longer
+    fine-tune clips and distils as the brief one does."""
     best = _best_under(store.frame(), arm, budget, seed)
     if best is None:
         return {"accuracy": None, "skipped": f"no {arm} point at <= {budget:.0%} MACs"}
@@ -47,7 +57,7 @@ def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budg
     compressed = ranksearch.apply(model, CompressionConfig.from_dict(best["config"]), cache=evaluator.cache)
     evaluator.recalibrate(compressed)
     finetune_epochs(compressed, train_loader, epochs=epochs, lr=0.01, device=evaluator.device,
-                    grad_clip=evaluator.settings.grad_clip,
+                    grad_clip=evaluator.settings.grad_clip, distill=evaluator.distill, teacher=model,
                     log=lambda line: print(f"  final {arm}@{budget}: {line.strip()}"))  # fmt: skip
     accuracy = evaluate_accuracy(compressed, val_loader, evaluator.device)
     return {"accuracy": accuracy, "macs": float(best["macs"]), "brief accuracy": float(best["accuracy"]),
@@ -130,7 +140,8 @@ def write_page(
         f"Study file `{args.study}`: dense accuracy {evaluator.dense.accuracy:.4f} on the evaluator's validation "
         f"subset; dense model trained by {_training(study_file)}.\n",
         "## Accounting\n",
-        f"Every config of every arm gets the same brief fine-tune. Times are CPU seconds of single-threaded "
+        f"Every config of every arm gets the same brief fine-tune ({_fine_tune(evaluator)}). Times are CPU seconds "
+        "of single-threaded "
         "processes (equal to wall-clock on an idle core, and not eaten by other load on a shared machine). The "
         f"median full evaluation took {trial_seconds:.1f} s, so each search got {wall / 60:.1f} min ({args.trials} "
         "trials' worth), its sensitivity pass and proxies included; each baseline was swept over as many MACs budgets "

@@ -86,8 +86,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--distill-check",
         action="store_true",
-        help="also evaluate the one-shot and uniform "
-        "Tucker-2 configs at the targets with distillation (weight 0.5) in the brief fine-tune",
+        help="also evaluate the one-shot and uniform Tucker-2 configs at the targets with the other brief fine-tune: "
+        "labels only when the study's distils (the default), else distillation at weight 0.5",
     )
     parser.add_argument("--device", default=None, help="evaluator device (default: the study file's)")
     parser.add_argument("--quick", action="store_true", help="12 trials, one seed, ranksearch and per-layer only")
@@ -198,10 +198,11 @@ class Bench:
         units.append(Unit("sensitivity", self._sensitivity, (self.out / "sensitivity.json").exists))
         units += [self._one_shot_unit(b) for b in first]
         if self.args.distill_check:
+            other = self.other_fine_tune()[0]
             for arm in ("one-shot", "uniform tucker2"):
                 after = (f"{arm}@{target}" for target in targets)
-                units += [Unit(f"distill {arm}@{t}", lambda a=arm, t=t: self._distill(a, t),
-                               lambda a=arm, t=t: store.has(f"distill {a}", None, t), (n,))
+                units += [Unit(f"{other} {arm}@{t}", lambda a=arm, t=t: self._distill(a, t),
+                               lambda a=arm, t=t: store.has(f"{other} {a}", None, t), (n,))
                           for t, n in zip(targets, after, strict=True)]  # fmt: skip
         searches = [(a, s) for a in ["ranksearch", *[a for a in arms if a != "ranksearch"]] for s in seeds]
         search_units = [self._search(arm, seed, head, checkpoint) for arm, seed in searches]
@@ -288,19 +289,25 @@ class Bench:
         self.store.clock("one-shot", row["seconds"])
         print(f"  one-shot at {budget:.1%}: accuracy {row['accuracy']}, macs {row['macs']:.3f}")
 
+    def other_fine_tune(self) -> tuple[str, float]:
+        """The distillation check's fine-tune: (its arm prefix, its distillation weight), the other of labels
+        only and distillation at 0.5 than the study's."""
+        return ("labels-only", 0.0) if self.evaluator.distill > 0 else ("distill", 0.5)
+
     def _distill(self, arm: str, target: float) -> None:
-        """One config (one-shot or uniform Tucker-2 at ``target``) with distillation (weight 0.5) in the brief
-        fine-tune, to set beside its labels-only point."""
+        """One config (one-shot or uniform Tucker-2 at ``target``) with the other brief fine-tune
+        (:meth:`other_fine_tune`), to set beside its point."""
+        prefix, weight = self.other_fine_tune()
         base = self.store.get(arm, None, target)
         if base is None or base.get("accuracy") is None:
-            self.store.add(arm=f"distill {arm}", seed=None, key=target, budget=target, accuracy=None, macs=None,
+            self.store.add(arm=f"{prefix} {arm}", seed=None, key=target, budget=target, accuracy=None, macs=None,
                            seconds=0.0, skipped=f"no {arm} point at {target:.0%}")  # fmt: skip
             return
         if self._taught is None:
-            distilled = dataclasses.replace(self.settings, distill=0.5)
-            self._taught = Evaluator(self.model, self.train_loader, self.val_loader, distilled,
+            other = dataclasses.replace(self.settings, distill=weight)
+            self._taught = Evaluator(self.model, self.train_loader, self.val_loader, other,
                                      cache=self.evaluator.cache)  # fmt: skip
-        evaluate_point(self.store, self._taught, f"distill {arm}", target, CompressionConfig.from_dict(base["config"]))
+        evaluate_point(self.store, self._taught, f"{prefix} {arm}", target, CompressionConfig.from_dict(base["config"]))
 
     def _final(self, arm: str, budget: float) -> None:
         if "dense" not in self.store.read_json("final.json"):
@@ -315,13 +322,16 @@ class Bench:
     def distill_table(self) -> pd.DataFrame | None:
         if not self.args.distill_check:
             return None
+        prefix, weight = self.other_fine_tune()
+        ours = f"distill {self.evaluator.distill:g}" if self.evaluator.distill else "labels only"
+        theirs = f"distill {weight:g}" if weight else "labels only"
         rows = []
         for arm in ("one-shot", "uniform tucker2"):
             for target in self.targets:
-                base, taught = self.store.get(arm, None, target), self.store.get(f"distill {arm}", None, target)
-                if base and taught and taught.get("accuracy") is not None:
-                    rows.append({"config": arm, "target": target, "labels only": base["accuracy"],
-                                 "distill 0.5": taught["accuracy"]})  # fmt: skip
+                base, other = self.store.get(arm, None, target), self.store.get(f"{prefix} {arm}", None, target)
+                if base and other and other.get("accuracy") is not None:
+                    rows.append({"config": arm, "target": target, f"{ours} (the study's)": base["accuracy"],
+                                 theirs: other["accuracy"]})  # fmt: skip
         return pd.DataFrame(rows)
 
     def final_table(self) -> tuple[pd.DataFrame, float] | None:
@@ -374,7 +384,7 @@ def run_search(store, arm, seed, wall, model, train_loader, val_loader, study_fi
 def summarize(store: PointStore, dense_accuracy: float, targets: list[float]) -> pd.DataFrame:
     """Per arm: runs, configs per run, mean (and spread) of the front metrics over seeds, wall seconds."""
     frame = store.frame()
-    frame = frame[frame["accuracy"].notna() & ~frame["arm"].str.startswith("distill ")].copy()
+    frame = frame[frame["accuracy"].notna() & ~frame["arm"].str.startswith(("distill ", "labels-only "))].copy()
     # a search's repeated configs (copied measurements, no evaluation) are one point
     configs = frame["config"] if "config" in frame else [None] * len(frame)
     frame["config_key"] = [

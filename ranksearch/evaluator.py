@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._distill import TeacherOutputs, distill_weight
 from ._evaluator_settings import AMP_DTYPES, EvaluatorSettings, check_objectives_have_labels, user_function
 from ._fixed_data import check_model_on_data, take_batches
 from ._stopwatch import Stopwatch
@@ -131,7 +132,8 @@ class Evaluator:
         self.loss_fn = loss_fn or user_function(s, "loss") or F.cross_entropy
         self.adapter = adapter or BatchAdapter(user_function(s, "batch"), user_function(s, "output"))
         self.cache = cache or FactorCache()
-        self._teacher: list[torch.Tensor] | None = None
+        self.teacher = TeacherOutputs(self)
+        self.distill = distill_weight(s, self.loss_fn is F.cross_entropy)  # the fine-tune's weight in use
         need = max(s.finetune_steps, s.bn_batches, 1)
         self.train_batches = take_batches(train_loader, need, self.device, "training", s.seed, self.adapter)
         self.val_batches = take_batches(val_loader, s.eval_batches, self.device, "validation", s.seed, self.adapter)
@@ -282,22 +284,17 @@ class Evaluator:
     def _finetune_loss(self, outputs: torch.Tensor, targets: object, step: int) -> torch.Tensor:
         """The fine-tune loss of one training batch: the loss on labels, blended with distillation (only
         distillation for a batch without labels)."""
-        weight = 1.0 if targets is None else self.settings.distill
+        weight = 1.0 if targets is None else self.distill
         loss = None if targets is None else self.loss_fn(outputs, targets)
         if weight == 0:
             return loss
-        teacher = self.teacher_logits()[step]
+        teacher = self.teacher[step]
         term = distillation_loss(outputs, teacher, self.fidelity_kind, self.settings.distill_temperature, weight)
         return term if loss is None else (1 - weight) * loss + term
 
     def teacher_logits(self) -> list[torch.Tensor]:
-        """The dense model's outputs (float32) on the fine-tune batches, computed once (eval mode)."""
-        if self._teacher is None:
-            self.model.eval()
-            with torch.no_grad(), self.autocast():
-                steps = self.train_batches[: self.settings.finetune_steps]
-                self._teacher = [self.adapter.forward(self.model, inputs).float() for inputs, _ in steps]
-        return self._teacher
+        """The dense model's outputs (float32, eval mode) on the fine-tune batches (:class:`TeacherOutputs`)."""
+        return self.teacher.all()
 
     def evaluate(
         self, config: CompressionConfig, *, keep_model: bool = False, measure_latency: bool = False

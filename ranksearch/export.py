@@ -221,14 +221,15 @@ def _finetune(
     facts: dict[str, object],
     log: Callable[[str], None],
 ) -> None:
-    """Fine-tune ``model`` in place as the study's brief fine-tune does (the evaluator's loss, batch adapter and
-    gradient clipping; batches without labels distilled from the dense model), then measure the qualities the
-    rebuild measured."""
+    """Fine-tune ``model`` in place as the study's brief fine-tune does (the evaluator's loss, batch adapter,
+    gradient clipping and distillation from the dense model, the whole loss of batches without labels), then
+    measure the qualities the rebuild measured."""
     before = {quality: facts[quality] for quality in QUALITIES if quality in facts}
     finetune_epochs(
         model, train_loader, epochs=epochs, lr=lr, device=evaluator.settings.device, loss_fn=evaluator.loss_fn,
         adapter=evaluator.adapter, teacher=evaluator.model, fidelity=evaluator.fidelity_kind,
-        temperature=evaluator.settings.distill_temperature, grad_clip=evaluator.settings.grad_clip, log=log,
+        temperature=evaluator.settings.distill_temperature, grad_clip=evaluator.settings.grad_clip,
+        distill=evaluator.distill, log=log,
     )  # fmt: skip
     measure = {"accuracy": evaluator.measure, "fidelity": evaluator.measure_fidelity}
     dense = {"accuracy": evaluator.dense.accuracy, "fidelity": 1.0}
@@ -237,7 +238,8 @@ def _finetune(
         facts[quality] = after = measure[quality](model)
         facts[f"{quality}_before"] = value
         changes.append(f"{quality} {value:.4f} -> {after:.4f} (dense {dense[quality]:.4f})")
-    facts.update(finetune_epochs=epochs, finetune_lr=lr, finetune_grad_clip=evaluator.settings.grad_clip)
+    facts.update(finetune_epochs=epochs, finetune_lr=lr, finetune_grad_clip=evaluator.settings.grad_clip,
+                 finetune_distill=evaluator.distill)  # fmt: skip
     log(f"fine-tuned {epochs} epochs: {', '.join(changes) or 'no quality measured'}")
 
 

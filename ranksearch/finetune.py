@@ -39,13 +39,16 @@ def finetune_epochs(
     fidelity: str = "auto",
     temperature: float = 4.0,
     grad_clip: float | None = None,
+    distill: float = 0.0,
 ) -> list[float]:
     """Train ``model`` in place for ``epochs`` passes over ``train_loader`` (SGD, cosine decay to 0).
 
     Batches are split and outputs read by ``adapter`` (the default :class:`~ranksearch.adapters.BatchAdapter`:
     ``(inputs, targets)`` pairs, Hugging Face dicts...). A batch without labels is distilled from
     ``teacher`` (the dense model, on ``device``; run in eval mode): its loss is
-    :func:`~ranksearch.fidelity.distillation_loss` of the ``fidelity`` kind at ``temperature``.
+    :func:`~ranksearch.fidelity.distillation_loss` of the ``fidelity`` kind at ``temperature``. A labelled
+    batch's loss is ``(1 - distill) * loss_fn + distill * distillation``, as in the brief fine-tune
+    (``distill`` > 0 needs the ``teacher``).
 
     ``grad_clip`` clips the gradient norm (over all parameters) before each step, as the brief fine-tune's
     setting of the same name does: factor chains such as CP's can blow up at a learning rate their dense layer
@@ -55,10 +58,14 @@ def finetune_epochs(
     """
     total = epochs * _steps_per_epoch(train_loader, epochs, lr)
     _check_clip(grad_clip)
+    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 <= distill <= 1:
+        raise RanksearchError(f"distill must be a number in [0, 1], got {distill!r}")
+    if distill > 0 and teacher is None:
+        raise RanksearchError(f"distill={distill} blends in distillation from the dense model: pass it as teacher=...")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.to(device).train()
     adapter = adapter or BatchAdapter()
-    distill = _Distill(adapter, teacher, fidelity, temperature)
+    distiller = _Distill(adapter, teacher, fidelity, temperature)
     losses, step = [], 0
     try:
         for epoch in range(epochs):
@@ -69,7 +76,12 @@ def finetune_epochs(
                 inputs, targets = adapter.split(batch)
                 inputs, targets = to_device(inputs, device), to_device(targets, device)
                 outputs = adapter.forward(model, inputs)
-                loss = distill(outputs, inputs) if targets is None else loss_fn(outputs, targets)
+                if targets is None:
+                    loss = distiller(outputs, inputs)
+                elif distill > 0:
+                    loss = (1 - distill) * loss_fn(outputs, targets) + distiller(outputs, inputs, distill)
+                else:
+                    loss = loss_fn(outputs, targets)
                 if not torch.isfinite(loss):
                     where = f"epoch {epoch + 1}, step {step}"
                     raise RanksearchError(f"fine-tune loss became {loss.item()} at {where}: try a lower lr")
@@ -111,12 +123,13 @@ def _check_clip(grad_clip: object) -> None:
 
 
 class _Distill:
-    """The loss of a batch without labels: distillation towards the teacher's outputs on the same inputs."""
+    """Distillation towards the teacher's outputs on the same inputs (a batch's whole loss without labels, a
+    weighted term with them)."""
 
     def __init__(self, adapter: BatchAdapter, teacher: nn.Module | None, fidelity: str, temperature: float) -> None:
         self.adapter, self.teacher, self.fidelity, self.temperature = adapter, teacher, fidelity, temperature
 
-    def __call__(self, outputs: torch.Tensor, inputs: object) -> torch.Tensor:
+    def __call__(self, outputs: torch.Tensor, inputs: object, weight: float = 1.0) -> torch.Tensor:
         if self.teacher is None:
             raise RanksearchError(
                 "the training batches carry no labels: a fine-tune without labels distills the dense model, "
@@ -126,4 +139,4 @@ class _Distill:
         with torch.no_grad():
             target = self.adapter.forward(self.teacher, inputs).float()
         kind = resolve_kind(self.fidelity, target)
-        return distillation_loss(outputs.float(), target, kind, self.temperature)
+        return distillation_loss(outputs.float(), target, kind, self.temperature, weight)

@@ -176,7 +176,7 @@ def test_bad_grad_clip_is_refused_before_training(clip):
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
 
 
-def test_export_fine_tunes_with_the_studys_grad_clip(tiny_task, make_search, tmp_path, monkeypatch):
+def test_export_fine_tunes_with_the_studys_grad_clip_and_distillation(tiny_task, make_search, tmp_path, monkeypatch):
     import dataclasses
 
     import ranksearch.export as export_module
@@ -188,5 +188,38 @@ def test_export_fine_tunes_with_the_studys_grad_clip(tiny_task, make_search, tmp
     search.evaluator.settings = dataclasses.replace(search.evaluator.settings, grad_clip=0.5)
     search.optimize(2, show_progress=False)
     exported = search.export(tmp_path, knee=True, epochs=1, log=lambda line: None)
-    assert [call["grad_clip"] for call in calls] == [0.5]
-    assert exported.metadata["finetune_grad_clip"] == 0.5
+    assert [(call["grad_clip"], call["distill"]) for call in calls] == [(0.5, 0.5)]  # the default distillation
+    assert exported.metadata["finetune_grad_clip"] == 0.5 and exported.metadata["finetune_distill"] == 0.5
+
+
+def test_distill_blends_the_labels_loss_with_distillation_from_the_teacher():
+    def one_step(**kwargs) -> torch.Tensor:
+        model = classifier()
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        finetune_epochs(model, [blobs()[0]], epochs=1, lr=0.1, momentum=0.0, weight_decay=0.0, log=str, **kwargs)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+
+    labels_only = one_step()
+    # a teacher equal to the student: the distillation term and its gradient are zero at the first step, so
+    # the step is the labels' loss weighted by 1 - distill
+    assert torch.allclose(one_step(distill=0.25, teacher=classifier()), 0.75 * labels_only, rtol=1e-5, atol=1e-8)
+    # a different teacher pulls the step elsewhere
+    torch.manual_seed(1)
+    other = nn.Sequential(nn.Linear(2, 2))
+    assert not torch.allclose(one_step(distill=0.25, teacher=other), 0.75 * labels_only, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"distill": 1.5}, r"distill must be a number in \[0, 1\], got 1.5$"),
+        ({"distill": True}, r"distill must be a number in \[0, 1\], got True$"),
+        ({"distill": 0.5}, r"distill=0.5 blends in distillation from the dense model: pass it as teacher=...$"),
+    ],
+)
+def test_bad_distill_is_refused_before_training(kwargs, message):
+    model = classifier()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(rs.RanksearchError, match=message):
+        finetune_epochs(model, blobs(), epochs=1, log=lambda s: None, **kwargs)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))

@@ -62,13 +62,15 @@ def as_plain(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """The stored study in a fresh folder, with its model rebuilt (seed 0) and its study file filled in, naming
-    the strategy its version used (``per-layer``, the default until ``allocate``)."""
+    the strategy and fine-tune its version used (``per-layer``, the default until ``allocate``; labels only,
+    the default until distillation at 0.5); ``original.toml`` as it was written then."""
     torch.manual_seed(0)
     torch.save(small_cnn(in_channels=1, num_classes=10, width=4), tmp_path / "model.pt")
     shutil.copy(STORED / "stored.db", tmp_path / "stored.db")
     text = (STORED / "study.toml").read_text().replace("{folder}", str(tmp_path))
     (tmp_path / "original.toml").write_text(text)
-    (tmp_path / "study.toml").write_text(text.replace("[study]\n", '[study]\nstrategy = "per-layer"\n', 1))
+    as_made = text.replace("[study]\n", '[study]\nstrategy = "per-layer"\n', 1) + "distill = 0.0\n"  # [evaluator]
+    (tmp_path / "study.toml").write_text(as_made)
     return tmp_path
 
 
@@ -112,8 +114,18 @@ def test_a_stored_study_resumes_without_changing_its_trials(folder: Path, capsys
 def test_resuming_with_the_new_default_strategy_says_how_to_continue(folder: Path, capsys):
     assert main(["run", str(folder / "original.toml"), "--n-trials", "11"]) == 2
     err = capsys.readouterr().err
-    assert "exists with different strategy: stored per-layer, asked allocate" in err
+    assert "different strategy: stored per-layer, asked allocate" in err and "distill = 0.0" in err
     assert '[study] strategy = "per-layer"' in err
+    assert len(load(folder).trials) == 10  # untouched
+
+
+def test_resuming_with_distillation_on_by_default_says_how_to_continue(folder: Path, capsys):
+    text = (folder / "study.toml").read_text().replace("distill = 0.0\n", "")
+    (folder / "default_fine_tune.toml").write_text(text)
+    assert main(["run", str(folder / "default_fine_tune.toml"), "--n-trials", "11"]) == 2
+    err = capsys.readouterr().err
+    assert "exists with different evaluator" in err and "'distill': 0.0" in err and "'distill': 0.5" in err
+    assert "[evaluator] distill = 0.0 (labels only, the default before distillation at 0.5)" in err
     assert len(load(folder).trials) == 10  # untouched
 
 

@@ -59,7 +59,7 @@ def study_identity(
     latency: LatencySettings | None,
 ) -> dict[str, object]:
     """What must not change when a study is resumed (machine-only settings such as threads excluded)."""
-    settings = asdict(evaluator.settings)
+    settings = {**asdict(evaluator.settings), "distill": evaluator.distill}  # the weight in use (None: a default)
     for machine_only in ("device", "threads"):
         settings.pop(machine_only)
     for added, default in ADDED_SETTINGS.items():
@@ -133,6 +133,8 @@ def _check_identity(stored: Mapping[str, object], identity: Mapping[str, object]
     stored = {**BEFORE_KEYS_EXISTED, **stored}
     if isinstance(stored.get("evaluator"), dict):
         stored["evaluator"] = {**EVALUATOR_BEFORE_KEYS_EXISTED, **stored["evaluator"]}
+    differences: list[str] = []
+    hints: list[str] = []
     for key, value in identity.items():
         if key not in stored and key in ADDED_TO_IDENTITY:  # a study made before the key existed
             continue
@@ -144,7 +146,21 @@ def _check_identity(stored: Mapping[str, object], identity: Mapping[str, object]
             )
         if json.loads(json.dumps(stored.get(key))) != json.loads(json.dumps(value)):
             hint = UPGRADE_HINTS.get(key, "") if stored.get(key) == BEFORE_KEYS_EXISTED.get(key) else ""
-            raise RanksearchError(
-                f"{where} exists with different {key}: stored {stored.get(key)}, asked {value}; use another study "
-                f"name (or storage) for a different search{hint}"
-            )
+            differences.append(f"different {key}: stored {stored.get(key)}, asked {value}")
+            hints.append(_evaluator_hint(stored[key], value) if key == "evaluator" else hint)
+    if differences:
+        raise RanksearchError(
+            f"{where} exists with {'; '.join(differences)}; use another study name (or storage) for a different "
+            f"search{''.join(hints)}"
+        )
+
+
+def _evaluator_hint(stored: Mapping[str, object], asked: Mapping[str, object]) -> str:
+    """How to continue a study made before distillation became the default (labels only then)."""
+    differ = {k for k in {*stored, *asked} if stored.get(k) != asked.get(k)}
+    if differ == {"distill"} and stored.get("distill") == 0.0:
+        return (
+            ", or continue this one as it was made: [evaluator] distill = 0.0 (labels only, the default before "
+            "distillation at 0.5)"
+        )
+    return ""
