@@ -76,6 +76,10 @@ class Screen:
         model = self.evaluator.compress(resolved)
         return self._score_model(model, recalibrate=True, start=start)
 
+    def score_model(self, model: torch.nn.Module, *, recalibrate: bool = True) -> ProxyScore:
+        """The proxy of a model built elsewhere (e.g. after a few fine-tune steps: a costlier fidelity)."""
+        return self._score_model(model, recalibrate=recalibrate, start=time.perf_counter())
+
     def _score_model(self, model: torch.nn.Module, *, recalibrate: bool, start: float) -> ProxyScore:
         evaluator = self.evaluator
         if recalibrate:

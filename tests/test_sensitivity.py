@@ -165,3 +165,14 @@ def test_bad_stride_and_proxy_settings_are_refused(screened):
         with pytest.raises(rs.RanksearchError, match=rf"proxy setting {name} must be an int >= 1, got {value!r}"):
             ProxySettings(**{name: value})
     assert SensitivityPoint("a", "svd", 0.1, 0.1, 1.0, 0.5).measured  # measured unless said otherwise
+
+
+def test_score_model_scores_a_model_built_elsewhere_as_score_does(screened):
+    screen, _, _, _ = screened
+    config = rs.CompressionConfig({"3.0": ("svd", 2), "6.0": ("tucker2", (3, 2))})
+    model = screen.evaluator.compress(config.resolve(screen.evaluator.model))
+    by_config, by_model = screen.score(config), screen.score_model(model)
+    assert (by_model.loss, by_model.metric) == (by_config.loss, by_config.metric)
+    # without recalibration the statistics are the dense layers' own: another proxy
+    fresh = screen.evaluator.compress(config.resolve(screen.evaluator.model))
+    assert screen.score_model(fresh, recalibrate=False).loss != by_config.loss
