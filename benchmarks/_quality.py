@@ -27,7 +27,7 @@ from ranksearch.evaluator import Evaluator
 from ranksearch.heuristics import energy_config, error_balanced_config, uniform_config, vbmf_config
 from ranksearch.layers import compressible_layers
 from ranksearch.report import hypervolume
-from ranksearch.screening import Screen
+from ranksearch.screening import ProxySettings, Screen
 from ranksearch.sensitivity import Sensitivity, measure_sensitivity
 from ranksearch.space import LayerChoices
 
@@ -114,7 +114,7 @@ def one_shot_configs(
         stored_dict = json.loads(stored.read_text())
         sensitivity, measured = Sensitivity.from_dict(stored_dict), stored_dict.get("cpu_seconds", 0.0)
     else:
-        sensitivity = measure_sensitivity(Screen(evaluator), layers)
+        sensitivity = measure_sensitivity(Screen(evaluator, ProxySettings().sensitivity()), layers)  # the search's
         write_atomic(stored, json.dumps({**sensitivity.to_dict(), "cpu_seconds": cpu_clock() - start}))
     allocator = Allocator(layers, sensitivity, option_costs(evaluator.model, layers, evaluator.dense.input_shape))
     configs = {b: allocator.config(Knobs(b)) for b in budgets if b > allocator.cheapest()}

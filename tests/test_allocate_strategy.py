@@ -82,19 +82,23 @@ def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task,
 def test_sensitivity_is_measured_once_and_not_again_on_resume(tiny_task, make_search, tmp_path, monkeypatch):
     calls = []
     measure = _allocate.measure_sensitivity
-    monkeypatch.setattr(_allocate, "measure_sensitivity", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    monkeypatch.setattr(
+        _allocate, "measure_sensitivity", lambda *a, **k: calls.append(a[0].settings) or measure(*a, **k)
+    )
     options = {"storage": f"sqlite:///{tmp_path}/study.db", "targets": {"macs": [0.4]}, "screen": 2}
     first = allocate(tiny_task, make_search, **options)
     assert calls == [] and "sensitivity" not in first.study.user_attrs  # nothing measured on construction
     lines = []
     first.prepare(log=lines.append)
-    assert calls == [1] and lines[0].startswith("sensitivity: scoring each of 5 layers alone")
+    # the pass's own, lighter proxy: ProxySettings.sensitivity_* (the screening keeps bn_batches, eval_samples)
+    assert calls == [ProxySettings(2, 256, 2, 256)] and lines[0].startswith("sensitivity: scoring each of 5 layers")
     first.prepare(log=lines.append)
     first.optimize(2, show_progress=False)
     stored = first.study.user_attrs["sensitivity"]
-    resumed = allocate(tiny_task, make_search, **options)
+    lighter = dataclasses.replace(PROXY, sensitivity_bn_batches=1, sensitivity_eval_samples=30)
+    resumed = allocate(tiny_task, make_search, **options, proxy=lighter)  # the pass's settings: not the identity
     resumed.optimize(1, show_progress=False)
-    assert calls == [1] and resumed.study.user_attrs["sensitivity"] == stored
+    assert len(calls) == 1 and resumed.study.user_attrs["sensitivity"] == stored
     trials = resumed.study.get_trials()
     assert [t.state for t in trials] == [COMPLETE] * 3
     assert any(v != 0.0 for k, v in trials[2].params.items() if k.startswith("preference."))  # not a new one-shot

@@ -161,7 +161,9 @@ def test_bad_stride_and_proxy_settings_are_refused(screened):
     for stride in (0, -1, 1.5, True):
         with pytest.raises(rs.RanksearchError, match=rf"sensitivity stride must be an int >= 1, got {stride!r}"):
             measure_sensitivity(screen, layers, stride=stride)
-    for name, value in (("bn_batches", 0), ("eval_samples", True), ("eval_samples", 2.5)):
+    bad = (("bn_batches", 0), ("eval_samples", True), ("eval_samples", 2.5), ("sensitivity_bn_batches", 0),
+           ("sensitivity_eval_samples", "256"))  # fmt: skip
+    for name, value in bad:
         with pytest.raises(rs.RanksearchError, match=rf"proxy setting {name} must be an int >= 1, got {value!r}"):
             ProxySettings(**{name: value})
     assert SensitivityPoint("a", "svd", 0.1, 0.1, 1.0, 0.5).measured  # measured unless said otherwise

@@ -91,7 +91,7 @@ class AllocatingProposer:
         return sensitivity
 
     def _measure(self) -> Sensitivity:
-        screen = self._proxy_screen()
+        screen = Screen(self.evaluator, (self.proxy or ProxySettings()).sensitivity())
         methods = ", ".join(self.methods())
         self.log(f"sensitivity: scoring each of {len(self.layers)} layers alone under {methods} ...")
         shown = [0.0]

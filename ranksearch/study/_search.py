@@ -150,7 +150,7 @@ class RankSearch:
         )  # fmt: skip
         # the evaluator's copy: attention unpacked into Linear projections, so they are searchable layers
         self.layers: dict[str, LayerChoices] = self.space.layers(self.evaluator.model, self.evaluator.example_input)
-        search = {"screen": screen, "proxy": asdict(proxy or ProxySettings())} if strategy == "allocate" else {}
+        search = {"screen": screen, "proxy": _screening(proxy)} if strategy == "allocate" else {}
         self.study = self._open_study(study_name, sampler, seed, heartbeat, latency, search)
         self.proposer = None
         if self.strategy == "allocate":
@@ -383,3 +383,10 @@ class RankSearch:
         if trial_number not in trials:
             raise RanksearchError(f"no trial {trial_number} in study {self.study.study_name!r} ({len(trials)} trials)")
         return CompressionConfig.from_dict(trials[trial_number].user_attrs[CONFIG])
+
+
+def _screening(proxy: ProxySettings | None) -> dict[str, int]:
+    """The proxy settings a study's identity holds: the screening's. The sensitivity pass's are left out, as its
+    curves are stored in the study and a resumed study reuses them."""
+    settings = asdict(proxy or ProxySettings())
+    return {k: v for k, v in settings.items() if not k.startswith("sensitivity_")}
