@@ -46,27 +46,19 @@ def finetune_epochs(
     Batches are split and outputs read by ``adapter`` (the default :class:`~ranksearch.adapters.BatchAdapter`:
     ``(inputs, targets)`` pairs, Hugging Face dicts...). A batch without labels is distilled from
     ``teacher`` (the dense model, on ``device``; run in eval mode): its loss is
-    :func:`~ranksearch.fidelity.distillation_loss` of the ``fidelity`` kind at ``temperature``. A labelled
-    batch's loss is ``(1 - distill) * loss_fn + distill * distillation``, as in the brief fine-tune
-    (``distill`` > 0 needs the ``teacher``).
-
-    ``grad_clip`` clips the gradient norm (over all parameters) before each step, as the brief fine-tune's
-    setting of the same name does: factor chains such as CP's can blow up at a learning rate their dense layer
-    trains at.
+    :func:`~ranksearch.fidelity.distillation_loss` of the ``fidelity`` kind at ``temperature``; a labelled
+    batch's is ``(1 - distill) * loss_fn + distill * distillation`` (``distill`` > 0 needs the ``teacher``).
+    ``grad_clip`` clips the gradient norm before each step (CP chains blow up at their dense layer's lr), both
+    as in the brief fine-tune.
 
     Returns the mean training loss of each epoch; logs one line per epoch. Raises on a non-finite loss.
     """
     total = epochs * _steps_per_epoch(train_loader, epochs, lr)
-    _check_clip(grad_clip)
-    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 <= distill <= 1:
-        raise RanksearchError(f"distill must be a number in [0, 1], got {distill!r}")
-    if distill > 0 and teacher is None:
-        raise RanksearchError(f"distill={distill} blends in distillation from the dense model: pass it as teacher=...")
+    _check_clip_and_distill(grad_clip, distill, teacher)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.to(device).train()
     adapter = adapter or BatchAdapter()
-    distiller = _Distill(adapter, teacher, fidelity, temperature)
-    losses, step = [], 0
+    distiller, losses, step = _Distill(adapter, teacher, fidelity, temperature), [], 0
     try:
         for epoch in range(epochs):
             clock, running, seen = time.perf_counter(), 0.0, 0
@@ -75,25 +67,17 @@ def finetune_epochs(
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
                 inputs, targets = adapter.split(batch)
                 inputs, targets = to_device(inputs, device), to_device(targets, device)
-                outputs = adapter.forward(model, inputs)
-                if targets is None:
-                    loss = distiller(outputs, inputs)
-                elif distill > 0:
-                    loss = (1 - distill) * loss_fn(outputs, targets) + distiller(outputs, inputs, distill)
-                else:
-                    loss = loss_fn(outputs, targets)
+                loss = distiller.loss(adapter.forward(model, inputs), inputs, targets, loss_fn, distill)
                 if not torch.isfinite(loss):
-                    where = f"epoch {epoch + 1}, step {step}"
-                    raise RanksearchError(f"fine-tune loss became {loss.item()} at {where}: try a lower lr")
+                    raise RanksearchError(f"fine-tune loss became {loss.item()} at epoch {epoch + 1}, step {step}: "
+                                          "try a lower lr")  # fmt: skip
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
                 size = batch_size(inputs)
-                running += loss.item() * size
-                seen += size
-                step += 1
+                running, seen, step = running + loss.item() * size, seen + size, step + 1
             losses.append(running / seen)
             log(f"fine-tune epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f} ({time.perf_counter() - clock:.1f} s)")
     finally:
@@ -116,10 +100,14 @@ def _steps_per_epoch(train_loader: Iterable, epochs: object, lr: object) -> int:
     return steps_per_epoch
 
 
-def _check_clip(grad_clip: object) -> None:
+def _check_clip_and_distill(grad_clip: object, distill: object, teacher: nn.Module | None) -> None:
     number = isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool)
     if grad_clip is not None and not (number and math.isfinite(grad_clip) and grad_clip > 0):
         raise RanksearchError(f"grad_clip must be a finite number > 0 or None, got {grad_clip!r}")
+    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 <= distill <= 1:
+        raise RanksearchError(f"distill must be a number in [0, 1], got {distill!r}")
+    if distill > 0 and teacher is None:
+        raise RanksearchError(f"distill={distill} blends in distillation from the dense model: pass it as teacher=...")
 
 
 class _Distill:
@@ -128,6 +116,14 @@ class _Distill:
 
     def __init__(self, adapter: BatchAdapter, teacher: nn.Module | None, fidelity: str, temperature: float) -> None:
         self.adapter, self.teacher, self.fidelity, self.temperature = adapter, teacher, fidelity, temperature
+
+    def loss(self, outputs: torch.Tensor, inputs: object, targets: object, loss_fn: Callable, distill: float):
+        """A batch's loss: distillation alone without labels, else the labels' blended with it at ``distill``."""
+        if targets is None:
+            return self(outputs, inputs)
+        if distill > 0:
+            return (1 - distill) * loss_fn(outputs, targets) + self(outputs, inputs, distill)
+        return loss_fn(outputs, targets)
 
     def __call__(self, outputs: torch.Tensor, inputs: object, weight: float = 1.0) -> torch.Tensor:
         if self.teacher is None:
