@@ -22,12 +22,12 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_are_the_allocate_strategy_on_the_cost_grid_without_distillation(tmp_path):
+def test_defaults_are_the_allocate_strategy_on_the_cost_grid_with_the_default_distillation(tmp_path):
     study = load_study_file(write(tmp_path, MINIMAL))
     assert (study.study.strategy, study.study.targets, study.study.screen) == (DEFAULT_STRATEGY, {}, DEFAULT_SCREEN)
     assert DEFAULT_STRATEGY == "allocate" and DEFAULT_SCREEN == 8
     assert study.space.grid == "cost" and study.space.fractions == DEFAULT_COST_FRACTIONS
-    assert (study.evaluator.distill, study.evaluator.distill_temperature) == (0.0, 4.0)
+    assert (study.evaluator.distill, study.evaluator.distill_temperature) == (None, 4.0)  # 0.5 with cross-entropy
 
 
 def test_good_values_are_parsed(tmp_path):
