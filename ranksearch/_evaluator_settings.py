@@ -57,9 +57,9 @@ class EvaluatorSettings:
             only. None (the default): 0.5 (``ranksearch._distill.DEFAULT_DISTILL``) with the default
             cross-entropy loss (class scores), 0 with a user's loss (whose outputs a KL term may not fit);
             ``Evaluator.distill`` is the weight in use. Measured in ``benchmarks/RESULTS*.md``: at the same
-            brief fine-tune, 0.5 never lost to labels only in 12 configs (+0.0 to +2.0 points). Batches without
-            labels are always distilled only; the distillation term follows ``fidelity`` (``1 - cosine`` for
-            the ``cosine`` kind, see :mod:`ranksearch.fidelity`).
+            brief fine-tune, 0.5 helped or tied in 17 of 18 checks (up to +2.0 points; one image of 360 lost
+            in the other). Batches without labels are always distilled only; the distillation term follows
+            ``fidelity`` (``1 - cosine`` for the ``cosine`` kind, see :mod:`ranksearch.fidelity`).
         distill_temperature: softmax temperature of the distillation term (> 0).
         fidelity: how the compressed model's outputs are compared with the dense model's for the
             ``fidelity`` objective (measured when the study asks for it, or the batches carry no labels):
