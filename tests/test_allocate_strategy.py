@@ -59,9 +59,13 @@ def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task,
         macs = trial.user_attrs["macs_ratio"]
         assert macs < 1.0 and trial.values[1] == macs
         assert macs <= trial.params["target"] + 1e-12 and macs <= trial.params["target"] * trial.params["slack"] + 1e-12
-        # the allocation, the uniform configs that fit, then variants (one-shot trials: none); configs measured
-        # before are left out
+        # the allocation, the uniform configs that fit, then variants (one-shot trials: the allocation alone);
+        # configs measured before are left out
         assert 1 <= trial.user_attrs["screened"] <= 3
+        if trial.user_attrs.get("one_shot"):
+            assert trial.user_attrs["screened"] == 1 and "proxy_loss" not in trial.user_attrs
+            allocated = search.proposer._allocator.config(Knobs(trial.params["target"]))
+            assert search.config(trial.number) == allocated
         check_allocated(search, trial)
     stored = Sensitivity.from_dict(search.study.user_attrs["sensitivity"])
     assert {p.layer for p in stored.points} == set(search.layers) and stored.probes > 0

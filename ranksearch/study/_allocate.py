@@ -149,8 +149,9 @@ class AllocatingProposer:
 
     # --- proposing -----------------------------------------------------------------------------
     def suggest(self, trial: optuna.Trial) -> CompressionConfig:
-        """The config of one trial: an enqueued fixed config, the knobs' allocation (one-shot trials), or the
-        best of the allocation and its variants by the proxy."""
+        """The config of one trial: an enqueued fixed config, the knobs' allocation (one-shot trials: evaluated
+        as allocated, so the search is never below the one-shot allocation at a target), or the best by the
+        proxy of the allocation, the uniform configs at its budget and its variants."""
         knobs = self._knobs(trial)
         fixed = trial.user_attrs.get(FIXED_CONFIG)
         if fixed is not None:
@@ -160,9 +161,10 @@ class AllocatingProposer:
         allocator = self._allocator
         base = allocator.picks(knobs)
         candidates = [base]
-        if self.screen_size > 1:
+        one_shot = bool(trial.user_attrs.get(ONE_SHOT))  # the allocation itself: the search never ends below it
+        if self.screen_size > 1 and not one_shot:
             candidates += self._uniform(base, knobs.budget)[: self.screen_size - 1]
-        if self.screen_size > len(candidates) and not trial.user_attrs.get(ONE_SHOT):
+        if self.screen_size > len(candidates) and not one_shot:
             rng = random.Random(self.seed * 1_000_003 + trial.number)
             candidates += self._variants(base, knobs, rng, self.screen_size - len(candidates))
         fresh = [c for c in candidates if not self.seen(SearchSpace.to_config(self.layers, c))]
