@@ -31,9 +31,8 @@ from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.pat
 
 from ranksearch.cache import FactorCache
 from ranksearch.config import CompressionConfig
-from ranksearch.data import load_dataset, make_loaders
 from ranksearch.evaluator import Evaluator
-from ranksearch.runner import load_model
+from ranksearch.runner import load_data, load_model
 from ranksearch.screening import Screen
 from ranksearch.studyfile import load_study_file
 
@@ -112,15 +111,12 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
     study_file = load_study_file(args.study)
-    splits = load_dataset(study_file.data.name, **study_file.data.options)
-    data = study_file.data
-    train_loader, val_loader = make_loaders(splits, batch_size=data.batch_size, eval_batch_size=data.eval_batch_size,
-                                            seed=study_file.study.seed)  # fmt: skip
-    model = load_model(study_file, splits, print)
+    data = load_data(study_file)  # the study's loaders, as ranksearch run builds them
+    model = load_model(study_file, data.splits, print)
     settings = dataclasses.replace(study_file.evaluator, finetune_steps=args.steps)
     if args.distill is not None:
         settings = dataclasses.replace(settings, distill=args.distill)
-    evaluator = Evaluator(model, train_loader, val_loader, settings, cache=FactorCache())
+    evaluator = Evaluator(model, data.train_loader, data.val_loader, settings, cache=FactorCache())
     screen = Screen(evaluator)
     folder = Path(args.points)
     rows = distinct_configs(folder / "points.jsonl")

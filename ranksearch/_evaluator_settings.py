@@ -20,7 +20,9 @@ __all__ = [
     "AMP_DTYPES",
     "USER_FUNCTIONS",
     "EvaluatorSettings",
+    "check_grad_clip",
     "check_objectives_have_labels",
+    "check_weight",
     "user_function",
 ]
 
@@ -124,17 +126,10 @@ class EvaluatorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
                 raise RanksearchError(f"evaluator setting {name} must be a finite number >= 0, got {value!r}")
-        for name in ("accuracy_floor", "distill"):
-            value = getattr(self, name)
-            if name == "distill" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise RanksearchError(f"evaluator setting {name} must be a number in [0, 1], got {value!r}")
-        clip = self.grad_clip
-        if clip is not None and (
-            isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < math.inf
-        ):
-            raise RanksearchError(f"evaluator setting grad_clip must be a finite number > 0 or None, got {clip!r}")
+        check_weight(self.accuracy_floor, "evaluator setting accuracy_floor")
+        if self.distill is not None:
+            check_weight(self.distill, "evaluator setting distill")
+        check_grad_clip(self.grad_clip, "evaluator setting grad_clip")
         t = self.distill_temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
             raise RanksearchError(f"evaluator setting distill_temperature must be a finite number > 0, got {t!r}")
@@ -159,6 +154,20 @@ class EvaluatorSettings:
                 raise RanksearchError(
                     f"evaluator setting amp={self.amp!r} needs a CUDA device (device is {self.device!r})"
                 )
+
+
+def check_weight(value: object, label: str) -> None:
+    """A number in [0, 1] (a weight or a floor), or a clear error naming ``label``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise RanksearchError(f"{label} must be a number in [0, 1], got {value!r}")
+
+
+def check_grad_clip(value: object, label: str) -> None:
+    """A gradient-norm clip: a finite number > 0, or None (no clipping); else a clear error naming ``label``."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+    ):
+        raise RanksearchError(f"{label} must be a finite number > 0 or None, got {value!r}")
 
 
 def _check_function_name(name: str, value: object) -> None:

@@ -35,7 +35,7 @@ from .compress import apply_resolved
 from .config import CompressionConfig, ResolvedLayer
 from .costs import count
 from .errors import RanksearchError
-from .fidelity import agreement, distillation_loss, reference, resolve_kind
+from .fidelity import agreement, blended_loss, distillation_loss, reference, resolve_kind
 from .latency import LatencyEstimator, LatencySettings, LatencyTable
 from .memory import MemoryMeter, MemorySettings
 from .record import Measurements, trial_attributes
@@ -284,13 +284,12 @@ class Evaluator:
     def _finetune_loss(self, outputs: torch.Tensor, targets: object, step: int) -> torch.Tensor:
         """The fine-tune loss of one training batch: the loss on labels, blended with distillation (only
         distillation for a batch without labels)."""
-        weight = 1.0 if targets is None else self.distill
-        loss = None if targets is None else self.loss_fn(outputs, targets)
-        if weight == 0:
-            return loss
-        teacher = self.teacher[step]
-        term = distillation_loss(outputs, teacher, self.fidelity_kind, self.settings.distill_temperature, weight)
-        return term if loss is None else (1 - weight) * loss + term
+
+        def distillation(weight: float) -> torch.Tensor:
+            teacher, temperature = self.teacher[step], self.settings.distill_temperature
+            return distillation_loss(outputs, teacher, self.fidelity_kind, temperature, weight)
+
+        return blended_loss(outputs, targets, self.loss_fn, self.distill, distillation)
 
     def teacher_logits(self) -> list[torch.Tensor]:
         """The dense model's outputs (float32, eval mode) on the fine-tune batches (:class:`TeacherOutputs`)."""

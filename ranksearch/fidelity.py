@@ -19,13 +19,14 @@ scale, and it optimizes what the fidelity measures).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import RanksearchError
 
-__all__ = ["FIDELITY_KINDS", "agreement", "distillation_loss", "reference", "resolve_kind"]
+__all__ = ["FIDELITY_KINDS", "agreement", "blended_loss", "distillation_loss", "reference", "resolve_kind"]
 
 FIDELITY_KINDS = ("auto", "top1", "cosine", "kl")
 
@@ -90,3 +91,20 @@ def distillation_loss(
     target = F.log_softmax(teacher / t, dim=-1)
     kl = F.kl_div(F.log_softmax(student / t, dim=-1), target, log_target=True, reduction="batchmean")
     return weight * t * t * kl
+
+
+def blended_loss(
+    outputs: torch.Tensor,
+    targets: object,
+    loss_fn: Callable[[torch.Tensor, object], torch.Tensor],
+    weight: float,
+    distillation: Callable[[float], torch.Tensor],
+) -> torch.Tensor:
+    """A fine-tune batch's loss: ``(1 - weight) * loss_fn(outputs, targets) + distillation(weight)``, where
+    ``distillation(w)`` is the distillation term at weight ``w`` (:func:`distillation_loss`); the labels' loss
+    alone at weight 0, and the distillation alone (weight 1) for a batch without labels (``targets`` None)."""
+    if targets is None:
+        return distillation(1.0)
+    if weight == 0:
+        return loss_fn(outputs, targets)
+    return (1 - weight) * loss_fn(outputs, targets) + distillation(weight)

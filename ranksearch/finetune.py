@@ -11,14 +11,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._evaluator_settings import check_grad_clip, check_weight
 from .adapters import BatchAdapter, batch_size, to_device
 from .errors import RanksearchError
-from .fidelity import distillation_loss, resolve_kind
+from .fidelity import blended_loss, distillation_loss, resolve_kind
 
 __all__ = ["finetune_epochs"]
 
@@ -65,9 +67,9 @@ def finetune_epochs(
             for batch in train_loader:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                inputs, targets = adapter.split(batch)
-                inputs, targets = to_device(inputs, device), to_device(targets, device)
-                loss = distiller.loss(adapter.forward(model, inputs), inputs, targets, loss_fn, distill)
+                inputs, targets = (to_device(part, device) for part in adapter.split(batch))
+                outputs = adapter.forward(model, inputs)
+                loss = blended_loss(outputs, targets, loss_fn, distill, partial(distiller, outputs, inputs))
                 if not torch.isfinite(loss):
                     raise RanksearchError(f"fine-tune loss became {loss.item()} at epoch {epoch + 1}, step {step}: "
                                           "try a lower lr")  # fmt: skip
@@ -101,11 +103,8 @@ def _steps_per_epoch(train_loader: Iterable, epochs: object, lr: object) -> int:
 
 
 def _check_clip_and_distill(grad_clip: object, distill: object, teacher: nn.Module | None) -> None:
-    number = isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool)
-    if grad_clip is not None and not (number and math.isfinite(grad_clip) and grad_clip > 0):
-        raise RanksearchError(f"grad_clip must be a finite number > 0 or None, got {grad_clip!r}")
-    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 <= distill <= 1:
-        raise RanksearchError(f"distill must be a number in [0, 1], got {distill!r}")
+    check_grad_clip(grad_clip, "grad_clip")
+    check_weight(distill, "distill")
     if distill > 0 and teacher is None:
         raise RanksearchError(f"distill={distill} blends in distillation from the dense model: pass it as teacher=...")
 
@@ -116,14 +115,6 @@ class _Distill:
 
     def __init__(self, adapter: BatchAdapter, teacher: nn.Module | None, fidelity: str, temperature: float) -> None:
         self.adapter, self.teacher, self.fidelity, self.temperature = adapter, teacher, fidelity, temperature
-
-    def loss(self, outputs: torch.Tensor, inputs: object, targets: object, loss_fn: Callable, distill: float):
-        """A batch's loss: distillation alone without labels, else the labels' blended with it at ``distill``."""
-        if targets is None:
-            return self(outputs, inputs)
-        if distill > 0:
-            return (1 - distill) * loss_fn(outputs, targets) + self(outputs, inputs, distill)
-        return loss_fn(outputs, targets)
 
     def __call__(self, outputs: torch.Tensor, inputs: object, weight: float = 1.0) -> torch.Tensor:
         if self.teacher is None:
