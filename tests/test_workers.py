@@ -190,16 +190,19 @@ def test_concurrent_processes_pop_each_queued_trial_once(tmp_path, kind):
 def test_ctrl_c_stops_every_worker_writes_the_report_and_the_rerun_completes_the_budget(tmp_path, capfd):
     path = write_study(tmp_path)
     text = path.read_text().replace("finetune_steps = 2", "finetune_steps = 300")  # trials of about a second
-    path.write_text(text.replace("n_trials = 4", "n_trials = 8"))
+    path.write_text(text.replace("n_trials = 4", "n_trials = 8"))  # 7 left after the first: seconds of work
     command = [sys.executable, "-m", "ranksearch", "run", str(path), "--workers", "2"]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    before = []
     for line in run.stdout:  # Ctrl-C reaches the whole process group, as in a terminal
-        if line.startswith("worker ") and "[1/8]" not in line:
+        before.append(line)
+        if line.startswith("worker "):  # the first finished trial: the other worker is mid-trial
             break
+    assert run.poll() is None, "".join(before)  # the run must still be going when Ctrl-C comes
     os.killpg(run.pid, signal.SIGINT)
     out = run.stdout.read()
     run.stdout.close()
-    assert run.wait(timeout=60) == 130
+    assert run.wait(timeout=60) == 130, "".join(before) + out
     assert "interrupted: " in out and "run the same command again to continue" in out
     assert (tmp_path / "tiny" / "report.html").is_file()
     storage = f"sqlite:///{tmp_path}/tiny.db"
