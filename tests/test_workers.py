@@ -187,12 +187,19 @@ def test_concurrent_processes_pop_each_queued_trial_once(tmp_path, kind):
     assert sorted(t.params["x"] for t in trials[:60]) == [i / 60 for i in range(60)]
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """A shell starts a background job (`pytest &`, as scripts do) with Ctrl-C ignored and a child inherits
+    that; the run under test gets the default a user at a terminal has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_worker_writes_the_report_and_the_rerun_completes_the_budget(tmp_path, capfd):
     path = write_study(tmp_path)
     text = path.read_text().replace("finetune_steps = 2", "finetune_steps = 300")  # trials of about a second
     path.write_text(text.replace("n_trials = 4", "n_trials = 8"))  # 7 left after the first: seconds of work
     command = [sys.executable, "-m", "ranksearch", "run", str(path), "--workers", "2"]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    own_group = {"start_new_session": True, "preexec_fn": ctrl_c_as_in_a_terminal}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=tmp_path, **own_group)
     before = []
     for line in run.stdout:  # Ctrl-C reaches the whole process group, as in a terminal
         before.append(line)
