@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import sys
@@ -102,6 +103,19 @@ def _margins(summary: pd.DataFrame, targets: list[float]) -> list[str]:
     return lines
 
 
+def _resolution(evaluator) -> str:
+    """What a difference in accuracy on the validation subset can mean: one image's worth, and the binomial
+    standard error of an accuracy near the dense model's (differences within it are noise of the subset)."""
+    images = sum(len(targets) for _, targets in evaluator.val_batches if targets is not None)
+    if not images:
+        return ""
+    dense = evaluator.dense.accuracy
+    error = 100 * math.sqrt(dense * (1 - dense) / images)
+    return (f"- The validation subset has {images} images: one image is {100 / images:.2f} points, and the standard "
+            f"error of an accuracy near the dense one ({dense:.4f}) is {error:.2f} points; the best of a search is "
+            "picked on this subset, as the best of each baseline's grid is.")  # fmt: skip
+
+
 def _commit() -> str:
     """The checked-out commit of the code being measured (``unknown`` outside a git checkout)."""
     try:
@@ -152,6 +166,7 @@ def write_page(
         "## Best accuracy at <= each MACs target (mean over seeds for the searches)\n",
         table + "\n",
         *_margins(summary, targets),
+        _resolution(evaluator),
         "",
         "## Candidates per minute and the proxy's fidelity\n",
         f"ranksearch screened {rates['screened_per_minute']:.1f} candidates per minute (sensitivity proxies and "
