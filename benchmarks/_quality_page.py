@@ -32,7 +32,7 @@ BASELINES = (
 )
 
 
-def _best_under(frame: pd.DataFrame, arm: str, budget: float, seed: int | None) -> pd.Series | None:
+def best_under(frame: pd.DataFrame, arm: str, budget: float, seed: int | None) -> pd.Series | None:
     rows = frame[(frame["arm"] == arm) & frame["accuracy"].notna() & (frame["macs"] <= budget + 1e-9)]
     rows = rows[rows["seed"].isna()] if seed is None else rows[rows["seed"] == seed]
     return None if rows.empty else rows.sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
@@ -51,7 +51,7 @@ def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budg
     """The best config of ``arm`` (``seed``) at <= ``budget`` MACs, fine-tuned ``epochs`` epochs, then measured on
     the whole validation set: ``{"accuracy", "macs", "brief accuracy", "seconds"}`` (CPU seconds). The longer
     fine-tune clips and distils as the brief one does."""
-    best = _best_under(store.frame(), arm, budget, seed)
+    best = best_under(store.frame(), arm, budget, seed)
     if best is None:
         return {"accuracy": None, "skipped": f"no {arm} point at <= {budget:.0%} MACs"}
     start = cpu_clock()
@@ -103,10 +103,15 @@ def _margins(summary: pd.DataFrame, targets: list[float]) -> list[str]:
     return lines
 
 
+def subset_images(evaluator) -> int:
+    """How many labelled validation images the evaluator measures accuracy on (its fixed subset)."""
+    return sum(len(targets) for _, targets in evaluator.val_batches if targets is not None)
+
+
 def _resolution(evaluator) -> str:
     """What a difference in accuracy on the validation subset can mean: one image's worth, and the binomial
     standard error of an accuracy near the dense model's (differences within it are noise of the subset)."""
-    images = sum(len(targets) for _, targets in evaluator.val_batches if targets is not None)
+    images = subset_images(evaluator)
     if not images:
         return ""
     dense = evaluator.dense.accuracy

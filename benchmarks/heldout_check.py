@@ -26,12 +26,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
-from _quality_page import BASELINES
+from _quality_page import BASELINES, best_under, subset_images
 
 from ranksearch.config import CompressionConfig
-from ranksearch.data import load_dataset, make_loaders
 from ranksearch.evaluator import Evaluator
-from ranksearch.runner import load_model
+from ranksearch.runner import load_data, load_model
 from ranksearch.studyfile import load_study_file
 from ranksearch.training import evaluate_accuracy
 
@@ -52,16 +51,13 @@ def parse_args() -> argparse.Namespace:
 def chosen(points: pd.DataFrame, arms: list[str], targets: list[float]) -> list[dict]:
     """Each arm's (and seed's) best stored point at <= each target: what its page's row reports."""
     found = []
-    for (arm, seed), rows in points[points["arm"].isin(arms)].groupby(["arm", points["seed"].fillna(-1)]):
-        rows = rows[rows["accuracy"].notna() & rows["macs"].notna()]
+    for arm, seed in points[points["arm"].isin(arms)][["arm", "seed"]].drop_duplicates().itertuples(index=False):
+        seed = None if pd.isna(seed) else int(seed)
         for target in targets:
-            under = rows[rows["macs"] <= target + 1e-9]
-            if under.empty:
-                continue
-            best = under.sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
-            found.append({"arm": arm, "seed": None if seed == -1 else int(seed), "target": target,
-                          "macs": float(best["macs"]), "stored": float(best["accuracy"]),
-                          "config": best["config"]})  # fmt: skip
+            best = best_under(points, arm, target, seed)
+            if best is not None:
+                found.append({"arm": arm, "seed": seed, "target": target, "macs": float(best["macs"]),
+                              "stored": float(best["accuracy"]), "config": best["config"]})  # fmt: skip
     return found
 
 
@@ -112,14 +108,11 @@ def main() -> None:
     torch.set_num_threads(1)
     targets = [float(t) for t in args.targets.split(",")]
     study_file = load_study_file(args.study)
-    splits = load_dataset(study_file.data.name, **study_file.data.options)  # as search_quality.py builds them
-    data = study_file.data
-    train_loader, val_loader = make_loaders(
-        splits, batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, seed=study_file.study.seed
-    )
-    model = load_model(study_file, splits, print)
-    evaluator = Evaluator(model, train_loader, val_loader, study_file.evaluator)
-    subset = sum(len(targets) for _, targets in evaluator.val_batches)
+    data = load_data(study_file)  # the study's loaders, as search_quality.py and ranksearch run build them
+    val_loader = data.val_loader
+    model = load_model(study_file, data.splits, print)
+    evaluator = Evaluator(model, data.train_loader, val_loader, study_file.evaluator)
+    subset = subset_images(evaluator)
     whole = len(val_loader.dataset)
     if subset >= whole:
         raise SystemExit(f"the evaluator uses the whole validation set ({whole} images): nothing is held out")
