@@ -37,7 +37,7 @@ def assert_exact(trials: list[optuna.trial.FrozenTrial], budget: int) -> None:
     assert sorted(numbers) == list(range(len(trials)))  # no number lost or given twice
     interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
     measured = [t for t in trials if t.state in (COMPLETE, FAIL) and t not in interrupted]
-    assert len(measured) == budget, [(t.number, t.state.name) for t in trials]
+    assert len(measured) == budget, [(t.number, t.state.name, sorted(t.user_attrs)) for t in trials]
     assert all("config" in t.user_attrs and "accuracy" in t.user_attrs for t in measured)
     for t in trials:
         over_budget = t.state == PRUNED and t.user_attrs == {"over_budget": True}
@@ -78,6 +78,28 @@ def test_a_race_for_the_last_slot_prunes_the_loser_before_it_evaluates(tiny_task
     assert loser.study.trials[2].user_attrs == {"over_budget": True}
     winner.study.tell(running, [0.5, 0.5])
     assert winner.remaining(2) == 0
+
+
+def test_ctrl_c_while_a_trial_stores_its_record_is_run_again(tiny_task, tmp_path, monkeypatch, make_search):
+    search = make_search(tiny_task, storage=f"sqlite:///{tmp_path}/stop.db")
+    real, stored = optuna.Trial.set_user_attr, []
+
+    def ctrl_c_while_storing_the_second_accuracy(trial, key, value):
+        stored.append(key)
+        if key == "accuracy" and stored.count("accuracy") == 2:
+            raise KeyboardInterrupt  # after the evaluation, half-way through its record
+        real(trial, key, value)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", ctrl_c_while_storing_the_second_accuracy)
+    with pytest.raises(KeyboardInterrupt):
+        search.optimize(budget=4, show_progress=False)
+    second = search.study.trials[1]
+    assert (second.state, second.user_attrs.get("interrupted")) == (FAIL, True)
+    assert "config" in second.user_attrs and "accuracy" not in second.user_attrs
+    assert search.remaining(4) == 3  # not a failed evaluation: it is run again
+    monkeypatch.undo()
+    search.optimize(budget=4, show_progress=False)
+    assert sum(t.state == COMPLETE for t in search.study.trials) == 4
 
 
 def test_an_interrupted_trial_does_not_use_up_the_budget(tiny_task, tmp_path, monkeypatch, make_search):

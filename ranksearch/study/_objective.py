@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Protocol
@@ -73,14 +74,23 @@ class TrialObjective:
         return self.space.to_config(self.layers, picks)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        try:
+            return self._measure(trial)
+        except KeyboardInterrupt:  # wherever Ctrl-C lands (suggesting, evaluating, storing the record)
+            self._mark_interrupted(trial)
+            raise
+
+    @staticmethod
+    def _mark_interrupted(trial: optuna.Trial) -> None:
+        """Say why the trial failed, so that it is run again; Optuna marks it failed either way."""
+        with contextlib.suppress(Exception):  # the storage write Ctrl-C cut short may have left it unusable:
+            trial.set_user_attr(INTERRUPTED, True)  # failed without a reason, it does not count either
+
+    def _measure(self, trial: optuna.Trial) -> tuple[float, ...]:
         if self.budget is not None:
             self.budget.claim_slot(trial)
         self._others = None
-        try:
-            config = self.suggest(trial)  # the sensitivity pass may run here
-        except KeyboardInterrupt:
-            trial.set_user_attr(INTERRUPTED, True)
-            raise
+        config = self.suggest(trial)  # the sensitivity pass may run here
         trial.set_user_attr(CONFIG, config.to_dict())  # now, so that other workers see it is being measured
         key = config.to_json(indent=None)
         earlier = self._measured().get(key)
@@ -90,11 +100,7 @@ class TrialObjective:
                 trial.set_user_attr(name, value)
             trial.set_user_attr(DUPLICATE_OF, number)
             return values
-        try:
-            result = self.evaluator.evaluate(config, measure_latency=self._times_whole_model(trial))
-        except KeyboardInterrupt:  # Optuna marks the trial failed; say why, so that it is run again
-            trial.set_user_attr(INTERRUPTED, True)
-            raise
+        result = self.evaluator.evaluate(config, measure_latency=self._times_whole_model(trial))
         attrs = result.attributes()
         for name, value in attrs.items():
             trial.set_user_attr(name, value)
