@@ -46,6 +46,7 @@ __all__ = [
     "SCREENED",
     "SENSITIVITY_ATTR",
     "STORED_WHEN_MEASURED",
+    "UNIFORM_START",
     "Measurements",
     "TrialRecord",
     "check_schema",
@@ -79,6 +80,7 @@ INTERRUPTED = "interrupted"
 OVER_BUDGET = "over_budget"
 FIXED_CONFIG = "fixed_config"  # set on an enqueued trial: evaluate exactly this config (a warm start)
 ONE_SHOT = "one_shot"  # set on an enqueued trial: the plain allocation of its knobs, not screened
+UNIFORM_START = "uniform_start"  # set on an enqueued trial: the uniform config the proxy ranks best at its target
 FRACTIONS = "fractions"  # {layer: grid fraction} of an allocated config (its params are knobs)
 SCREENED = "screened"  # candidates the proxy scored for this trial (1: none screened)
 PROXY_LOSS = "proxy_loss"  # the proxy loss of the evaluated config (the screening's first fidelity)

@@ -23,7 +23,7 @@ from ranksearch.record import IDENTITY_ATTR
 from ranksearch.screening import ProxySettings
 from ranksearch.sensitivity import Sensitivity
 from ranksearch.space import DEFAULT_COST_FRACTIONS, SearchSpace
-from ranksearch.study import _allocate
+from ranksearch.study import _allocate, _search
 
 PROXY = ProxySettings(bn_batches=1, eval_samples=60)
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -35,8 +35,12 @@ def allocate(task, make_search, **kwargs):
 
 
 def check_allocated(search, trial) -> None:
-    """An allocated trial: its recorded grid fractions give its config, and the proxy attributes agree."""
+    """An allocated trial: its recorded grid fractions give its config, and the proxy attributes agree (a
+    uniform start: the uniform config the proxy ranks best at its target)."""
     config = search.config(trial.number)
+    if trial.user_attrs.get("uniform_start"):
+        check_uniform_start(search, trial)
+        return
     fractions = trial.user_attrs["fractions"]
     assert set(fractions) == {name for name, (method, _) in config.items() if method != "dense"}
     for name, (method, rank) in config.items():
@@ -47,21 +51,34 @@ def check_allocated(search, trial) -> None:
     assert ("proxy_loss" in trial.user_attrs) == (trial.user_attrs["screened"] > 1)
 
 
+def check_uniform_start(search, trial) -> None:
+    """The trial measured, of the uniform baselines at its target, the one with the least proxy loss."""
+    target = trial.params.get("target", trial.params.get("budget"))
+    configs = search.proposer.uniform_configs(target)
+    losses = [search.proposer._proxy_screen().score(c).loss for c in configs]
+    best = min(range(len(configs)), key=lambda i: (losses[i], i))
+    assert search.config(trial.number) == configs[best]
+    assert trial.user_attrs["screened"] == len(configs) >= 2 and trial.user_attrs["proxy_loss"] == losses[best]
+    assert trial.user_attrs["macs_ratio"] <= target + 1e-12
+    assert len({method for method, _ in configs[best].values()}) == 1  # one method, one kept-rank fraction
+
+
 def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task, make_search):
     search = allocate(tiny_task, make_search, targets={"macs": [0.5, 0.3]}, screen=3)
     search.optimize(5, show_progress=False)
     trials = search.study.get_trials()
     assert [t.state for t in trials] == [COMPLETE] * 5
     assert [t.number for t in trials if t.user_attrs.get("one_shot")] == [0, 1]  # one per target, first
-    assert [(t.params["target"], t.params["slack"]) for t in trials[:2]] == [(0.3, 1.0), (0.5, 1.0)]
-    assert all(v == 0.0 for t in trials[:2] for k, v in t.params.items() if k.startswith(("preference.", "depth")))
+    assert [t.number for t in trials if t.user_attrs.get("uniform_start")] == [2, 3]  # then the uniform starts
+    assert [(t.params["target"], t.params["slack"]) for t in trials[:4]] == [(0.3, 1.0), (0.5, 1.0)] * 2
+    assert all(v == 0.0 for t in trials[:4] for k, v in t.params.items() if k.startswith(("preference.", "depth")))
     for trial in trials:
         macs = trial.user_attrs["macs_ratio"]
         assert macs < 1.0 and trial.values[1] == macs
         assert macs <= trial.params["target"] + 1e-12 and macs <= trial.params["target"] * trial.params["slack"] + 1e-12
         # the allocation, the uniform configs that fit, then variants (one-shot trials: the allocation alone);
         # configs measured before are left out
-        assert 1 <= trial.user_attrs["screened"] <= 3
+        assert 1 <= trial.user_attrs["screened"] <= (4 if trial.user_attrs.get("uniform_start") else 3)
         if trial.user_attrs.get("one_shot"):
             assert trial.user_attrs["screened"] == 1 and "proxy_loss" not in trial.user_attrs
             allocated = search.proposer._allocator.config(Knobs(trial.params["target"]))
@@ -74,13 +91,33 @@ def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task,
 def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task, make_search):
     search = allocate(tiny_task, make_search, screen=2)
     search.optimize(4, show_progress=False)
-    trials = search.study.get_trials()
-    assert [t.params["budget"] for t in trials[:3]] == [0.1, 0.25, 0.5]
+    trials = search.study.get_trials(states=(COMPLETE,))
+    assert [t.params["budget"] for t in trials] == [0.1, 0.25, 0.5, 0.1]  # the uniform starts follow
     assert [bool(t.user_attrs.get("one_shot")) for t in trials] == [True, True, True, False]
+    assert [bool(t.user_attrs.get("uniform_start")) for t in trials] == [False, False, False, True]
     for trial in trials:
         assert trial.state == COMPLETE and "target" not in trial.params
         assert trial.user_attrs["macs_ratio"] <= trial.params["budget"] + 1e-12 < 1.0
         check_allocated(search, trial)
+
+
+def test_a_uniform_start_with_every_uniform_config_measured_is_the_allocation(tiny_task, make_search):
+    search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2)
+    search.proposer.seen = lambda config: True  # as if every uniform config at 40% had been measured
+    search.optimize(2, show_progress=False)
+    uniform = search.study.get_trials()[1]
+    assert uniform.user_attrs["uniform_start"] and search.config(1) == search.config(0)
+    assert uniform.user_attrs["duplicate_of"] == 0  # not evaluated twice
+
+
+def test_without_uniform_starts_the_search_follows_the_one_shots(tiny_task, make_search, monkeypatch):
+    monkeypatch.setattr(_search, "UNIFORM_STARTS", False)
+    search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2)
+    search.optimize(2, show_progress=False)
+    assert [sorted(t.user_attrs.keys() & {"one_shot", "uniform_start"}) for t in search.study.get_trials()] == [
+        ["one_shot"],
+        [],
+    ]
 
 
 def test_sensitivity_is_measured_once_and_not_again_on_resume(tiny_task, make_search, tmp_path, monkeypatch):
@@ -117,10 +154,11 @@ def test_warm_start_configs_are_evaluated_as_given(tiny_task, make_search):
     given = CompressionConfig({"6.0": ("svd", 3), "10": ("svd", 5)})  # rank 5 of layer 10 is on no grid level
     search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2, warm_start_configs=[given])
     assert 5 not in search.layers["10"].ranks["svd"]
-    search.optimize(2, show_progress=False)
-    one_shot, fixed = search.study.get_trials()
+    search.optimize(3, show_progress=False)
+    one_shot, uniform, fixed = search.study.get_trials()
     assert one_shot.user_attrs["one_shot"] and "fixed_config" not in one_shot.user_attrs
-    assert CompressionConfig.from_dict(fixed.user_attrs["fixed_config"]) == given and search.config(1) == given
+    assert uniform.user_attrs["uniform_start"] and "fixed_config" not in uniform.user_attrs
+    assert CompressionConfig.from_dict(fixed.user_attrs["fixed_config"]) == given and search.config(2) == given
     assert fixed.user_attrs["screened"] == 1 and "proxy_loss" not in fixed.user_attrs
     model = tiny_task[0]
     macs = count(rs.apply(model, given), (1, 1, 8, 8)).macs / count(model, (1, 1, 8, 8)).macs
@@ -134,7 +172,8 @@ def test_warm_start_configs_work_when_no_one_shot_budget_is_reachable(tiny_task,
     assert [t.user_attrs.get("fixed_config") for t in search.study.get_trials()] == [given.to_dict()]
 
 
-def test_a_duplicate_in_a_resumed_study_is_not_marked_one_shot(tiny_task, make_search, tmp_path):
+def test_a_duplicate_in_a_resumed_study_is_not_marked_one_shot(tiny_task, make_search, tmp_path, monkeypatch):
+    monkeypatch.setattr(_search, "UNIFORM_STARTS", False)  # its rank is on no grid level: not a duplicate
     # One searched layer with one level: every allocation at a 90% target is the same config.
     space = SearchSpace(methods=("dense", "svd"), cost_fractions=(0.3,), include=("10",))
     options = {"space": space, "targets": {"macs": [0.9]}, "screen": 1}

@@ -25,8 +25,10 @@ import optuna
 
 from ..allocation import Allocator, Knobs, option_costs
 from ..config import CompressionConfig
+from ..errors import RanksearchError
 from ..evaluator import Evaluator
-from ..record import FIXED_CONFIG, FRACTIONS, ONE_SHOT, PROXY_LOSS, SCREENED, SENSITIVITY_ATTR
+from ..heuristics import uniform_config
+from ..record import FIXED_CONFIG, FRACTIONS, ONE_SHOT, PROXY_LOSS, SCREENED, SENSITIVITY_ATTR, UNIFORM_START
 from ..screening import ProxySettings, Screen
 from ..sensitivity import Sensitivity, measure_sensitivity
 from ..space import LayerChoices, SearchSpace
@@ -157,6 +159,9 @@ class AllocatingProposer:
         if fixed is not None:
             trial.set_user_attr(SCREENED, 1)
             return CompressionConfig.from_dict(fixed)
+        uniform = self._best_uniform(trial, knobs.budget) if trial.user_attrs.get(UNIFORM_START) else None
+        if uniform is not None:
+            return uniform
         self.prepare()
         allocator = self._allocator
         base = allocator.picks(knobs)
@@ -179,6 +184,35 @@ class AllocatingProposer:
             trial.set_user_attr(PROXY_LOSS, loss)
         trial.set_user_attr(FRACTIONS, {n: f for n, (m, f) in chosen.items() if f is not None})
         return SearchSpace.to_config(self.layers, chosen)
+
+    def uniform_configs(self, budget: float) -> list[CompressionConfig]:
+        """Per method, the uniform baseline at ``budget`` (a fraction of the dense cost): every searched layer
+        that takes the method at one kept-rank fraction, the largest that keeps the model within the budget
+        (:func:`~ranksearch.heuristics.uniform_config`, to the rank; the others dense). Methods that cannot
+        reach the budget are left out."""
+        found = []
+        for method in self.methods():
+            names = [n for n, layer in self.layers.items() if method in layer.methods]
+            where = {"input_shape": self.evaluator.example_input, "method": method, "layers": names}
+            try:
+                found.append(uniform_config(self.evaluator.model, cost_fraction=budget, cost=self.kind, **where))
+            except RanksearchError:
+                continue
+        return found
+
+    def _best_uniform(self, trial: optuna.Trial, budget: float) -> CompressionConfig | None:
+        """The uniform start at ``budget``: of the unmeasured uniform baselines there, the one the proxy ranks
+        best (None if there is none). The search then starts each target no lower than the best uniform
+        heuristic the proxy can tell apart, at the cost of one proxy evaluation per method."""
+        configs = [c for c in self.uniform_configs(budget) if not self.seen(c)]
+        if not configs:
+            return None
+        scores = [self._proxy_screen().score(c).loss for c in configs]
+        best = min(range(len(configs)), key=lambda i: (scores[i], i))
+        trial.set_user_attr(SCREENED, len(configs))
+        if math.isfinite(scores[best]):
+            trial.set_user_attr(PROXY_LOSS, scores[best])
+        return configs[best]
 
     def _uniform(self, base: Mapping[str, Pick], budget: float) -> list[dict[str, Pick]]:
         """Per method, the uniform config at ``budget``: every layer that takes the method at the highest grid
