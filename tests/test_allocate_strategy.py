@@ -38,7 +38,7 @@ def check_allocated(search, trial) -> None:
     """An allocated trial: its recorded grid fractions give its config, and the proxy attributes agree (a
     uniform start: the uniform config the proxy ranks best at its target)."""
     config = search.config(trial.number)
-    if trial.user_attrs.get("uniform_start"):
+    if trial.user_attrs.get("uniform_start") and "fractions" not in trial.user_attrs:
         check_uniform_start(search, trial)
         return
     fractions = trial.user_attrs["fractions"]
@@ -52,13 +52,17 @@ def check_allocated(search, trial) -> None:
 
 
 def check_uniform_start(search, trial) -> None:
-    """The trial measured, of the uniform baselines at its target, the one with the least proxy loss."""
+    """The trial measured, of the uniform baselines at its target, the one with the least proxy loss, which is
+    less than the one-shot allocation's there."""
     target = trial.params.get("target", trial.params.get("budget"))
     configs = search.proposer.uniform_configs(target)
-    losses = [search.proposer._proxy_screen().score(c).loss for c in configs]
+    screen = search.proposer._proxy_screen()
+    losses = [screen.score(c).loss for c in configs]
     best = min(range(len(configs)), key=lambda i: (losses[i], i))
     assert search.config(trial.number) == configs[best]
-    assert trial.user_attrs["screened"] == len(configs) >= 2 and trial.user_attrs["proxy_loss"] == losses[best]
+    assert trial.user_attrs["screened"] == len(configs) + 1 >= 3 and trial.user_attrs["proxy_loss"] == losses[best]
+    allocation = search.proposer._allocator.config(Knobs(target))
+    assert losses[best] < screen.score(allocation).loss
     assert trial.user_attrs["macs_ratio"] <= target + 1e-12
     assert len({method for method, _ in configs[best].values()}) == 1  # one method, one kept-rank fraction
 
@@ -78,7 +82,7 @@ def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task,
         assert macs <= trial.params["target"] + 1e-12 and macs <= trial.params["target"] * trial.params["slack"] + 1e-12
         # the allocation, the uniform configs that fit, then variants (one-shot trials: the allocation alone);
         # configs measured before are left out
-        assert 1 <= trial.user_attrs["screened"] <= (4 if trial.user_attrs.get("uniform_start") else 3)
+        assert 1 <= trial.user_attrs["screened"] <= (5 if trial.user_attrs.get("uniform_start") else 3)
         if trial.user_attrs.get("one_shot"):
             assert trial.user_attrs["screened"] == 1 and "proxy_loss" not in trial.user_attrs
             allocated = search.proposer._allocator.config(Knobs(trial.params["target"]))
@@ -108,6 +112,25 @@ def test_a_uniform_start_with_every_uniform_config_measured_is_the_allocation(ti
     uniform = search.study.get_trials()[1]
     assert uniform.user_attrs["uniform_start"] and search.config(1) == search.config(0)
     assert uniform.user_attrs["duplicate_of"] == 0  # not evaluated twice
+
+
+def test_a_uniform_start_the_proxy_ranks_below_the_allocation_is_screened_as_any_trial(tiny_task, make_search):
+    search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2)
+    search.prepare(log=lambda line: None)
+    uniform = {c.to_json() for c in search.proposer.uniform_configs(0.4)}
+    screen = search.proposer._proxy_screen()
+    real = screen.score
+
+    def uniform_worst(config):
+        score = real(config)
+        return dataclasses.replace(score, loss=math.inf) if config.to_json() in uniform else score
+
+    screen.score = uniform_worst
+    search.optimize(2, show_progress=False)
+    trial = search.study.get_trials()[1]
+    assert trial.user_attrs["uniform_start"] and search.config(1).to_json() not in uniform
+    assert "fractions" in trial.user_attrs and "duplicate_of" not in trial.user_attrs  # a fresh allocated config
+    check_allocated(search, trial)
 
 
 def test_without_uniform_starts_the_search_follows_the_one_shots(tiny_task, make_search, monkeypatch):
