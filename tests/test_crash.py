@@ -17,10 +17,22 @@ from ranksearch.cli import main
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")]
 
 
+def wait_for_a_running_trial(storage: str, timeout: float) -> None:
+    """Return once the study in ``storage`` has a running trial (the next one, after the stored trial 0)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        trials = optuna.load_study(study_name="tiny", storage=storage).get_trials(deepcopy=False)
+        if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no trial started within {timeout} s")
+
+
 def test_a_killed_worker_loses_no_finished_trial_and_its_trial_fails_on_resume(tmp_path, capsys):
     path = write_study(tmp_path)
-    text = path.read_text().replace("finetune_steps = 2", "finetune_steps = 1500")  # trials of a few seconds
+    text = path.read_text().replace("finetune_steps = 2", "finetune_steps = 300")  # trials of about a second
     path.write_text(text.replace("n_trials = 4", "n_trials = 4\nheartbeat = 1"))
+    storage = f"sqlite:///{tmp_path}/tiny.db"
     worker = subprocess.Popen(
         [sys.executable, "-m", "ranksearch.cli", "run", str(path)], stdout=subprocess.PIPE, text=True, cwd=tmp_path
     )
@@ -28,12 +40,11 @@ def test_a_killed_worker_loses_no_finished_trial_and_its_trial_fails_on_resume(t
         for line in worker.stdout:  # wait until trial 0 is stored, then kill the worker inside trial 1
             if line.startswith("[1/4] trial 0:"):
                 break
-        time.sleep(0.5)
+        wait_for_a_running_trial(storage, timeout=60)
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
         worker.stdout.close()
-    storage = f"sqlite:///{tmp_path}/tiny.db"
     states = [t.state for t in optuna.load_study(study_name="tiny", storage=storage).trials]
     assert states[0] == optuna.trial.TrialState.COMPLETE and optuna.trial.TrialState.RUNNING in states
     time.sleep(2.5)  # silent for longer than the grace period (2 x heartbeat)
