@@ -62,7 +62,7 @@ from ranksearch.config import CompressionConfig
 from ranksearch.data import load_dataset, make_loaders
 from ranksearch.evaluator import Evaluator
 from ranksearch.runner import load_model
-from ranksearch.study import RankSearch, _allocate, _search
+from ranksearch.study import RankSearch, _allocate
 from ranksearch.studyfile import load_study_file
 from ranksearch.training import evaluate_accuracy
 
@@ -78,7 +78,7 @@ SEARCH_ARMS = {
 }
 PATCHES_OF_ARM = {
     "at-target": {(_allocate, "SLACK_RANGE"): (1.0, 1.0)},
-    "no-uniform-start": {(_search, "UNIFORM_STARTS"): False},
+    "no-uniform-start": {(_allocate, "UNIFORM_STARTS"): False},
 }
 """Experiment arms that change a module constant while they run (not a study setting until it pays).
 ``at-target``: every trial aims at its target itself (the multi-objective sampler drives the ``slack`` knob

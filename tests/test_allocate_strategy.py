@@ -23,7 +23,7 @@ from ranksearch.record import IDENTITY_ATTR
 from ranksearch.screening import ProxySettings
 from ranksearch.sensitivity import Sensitivity
 from ranksearch.space import DEFAULT_COST_FRACTIONS, SearchSpace
-from ranksearch.study import _allocate, _search
+from ranksearch.study import _allocate
 
 PROXY = ProxySettings(bn_batches=1, eval_samples=60)
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -37,10 +37,10 @@ def allocate(task, make_search, **kwargs):
 def check_allocated(search, trial) -> None:
     """An allocated trial: its recorded grid fractions give its config, and the proxy attributes agree (a
     uniform start: the uniform config the proxy ranks best at its target)."""
-    config = search.config(trial.number)
-    if trial.user_attrs.get("uniform_start") and "fractions" not in trial.user_attrs:
+    if trial.user_attrs.get("uniform_start"):
         check_uniform_start(search, trial)
         return
+    config = search.config(trial.number)
     fractions = trial.user_attrs["fractions"]
     assert set(fractions) == {name for name, (method, _) in config.items() if method != "dense"}
     for name, (method, rank) in config.items():
@@ -51,20 +51,34 @@ def check_allocated(search, trial) -> None:
     assert ("proxy_loss" in trial.user_attrs) == (trial.user_attrs["screened"] > 1)
 
 
+def proxy_ranking(search, budget):
+    """At ``budget``: the uniform configs, their proxy losses, and the one-shot allocation's proxy loss."""
+    screen = search.proposer._proxy_screen()
+    configs = search.proposer.uniform_configs(budget)
+    allocation = search.proposer._allocator.config(Knobs(budget))
+    return configs, [screen.score(c).loss for c in configs], screen.score(allocation).loss
+
+
 def check_uniform_start(search, trial) -> None:
     """The trial measured, of the uniform baselines at its target, the one with the least proxy loss, which is
     less than the one-shot allocation's there."""
     target = trial.params.get("target", trial.params.get("budget"))
-    configs = search.proposer.uniform_configs(target)
-    screen = search.proposer._proxy_screen()
-    losses = [screen.score(c).loss for c in configs]
+    configs, losses, allocation = proxy_ranking(search, target)
     best = min(range(len(configs)), key=lambda i: (losses[i], i))
-    assert search.config(trial.number) == configs[best]
+    assert search.config(trial.number) == configs[best] == CompressionConfig.from_dict(trial.user_attrs["fixed_config"])
     assert trial.user_attrs["screened"] == len(configs) + 1 >= 3 and trial.user_attrs["proxy_loss"] == losses[best]
-    allocation = search.proposer._allocator.config(Knobs(target))
-    assert losses[best] < screen.score(allocation).loss
+    assert losses[best] < allocation
     assert trial.user_attrs["macs_ratio"] <= target + 1e-12
     assert len({method for method, _ in configs[best].values()}) == 1  # one method, one kept-rank fraction
+
+
+def check_uniform_starts(search, trials, budgets) -> None:
+    """Right after the one-shots, a uniform start at each budget where the proxy ranks a uniform config above
+    the allocation, and none elsewhere."""
+    starts = [t for t in trials if t.user_attrs.get("uniform_start")]
+    expected = [b for b in budgets if min(proxy_ranking(search, b)[1]) < proxy_ranking(search, b)[2]]
+    assert [t.params.get("target", t.params.get("budget")) for t in starts] == expected
+    assert [t.number for t in starts] == list(range(len(budgets), len(budgets) + len(starts)))
 
 
 def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task, make_search):
@@ -73,9 +87,9 @@ def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task,
     trials = search.study.get_trials()
     assert [t.state for t in trials] == [COMPLETE] * 5
     assert [t.number for t in trials if t.user_attrs.get("one_shot")] == [0, 1]  # one per target, first
-    assert [t.number for t in trials if t.user_attrs.get("uniform_start")] == [2, 3]  # then the uniform starts
-    assert [(t.params["target"], t.params["slack"]) for t in trials[:4]] == [(0.3, 1.0), (0.5, 1.0)] * 2
-    assert all(v == 0.0 for t in trials[:4] for k, v in t.params.items() if k.startswith(("preference.", "depth")))
+    assert [(t.params["target"], t.params["slack"]) for t in trials[:2]] == [(0.3, 1.0), (0.5, 1.0)]
+    assert all(v == 0.0 for t in trials[:2] for k, v in t.params.items() if k.startswith(("preference.", "depth")))
+    check_uniform_starts(search, trials, [0.3, 0.5])
     for trial in trials:
         macs = trial.user_attrs["macs_ratio"]
         assert macs < 1.0 and trial.values[1] == macs
@@ -96,45 +110,44 @@ def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task,
     search = allocate(tiny_task, make_search, screen=2)
     search.optimize(4, show_progress=False)
     trials = search.study.get_trials(states=(COMPLETE,))
-    assert [t.params["budget"] for t in trials] == [0.1, 0.25, 0.5, 0.1]  # the uniform starts follow
+    assert [t.params["budget"] for t in trials[:3]] == [0.1, 0.25, 0.5]
     assert [bool(t.user_attrs.get("one_shot")) for t in trials] == [True, True, True, False]
-    assert [bool(t.user_attrs.get("uniform_start")) for t in trials] == [False, False, False, True]
+    check_uniform_starts(search, trials, [0.1, 0.25, 0.5])
     for trial in trials:
         assert trial.state == COMPLETE and "target" not in trial.params
         assert trial.user_attrs["macs_ratio"] <= trial.params["budget"] + 1e-12 < 1.0
         check_allocated(search, trial)
 
 
-def test_a_uniform_start_with_every_uniform_config_measured_is_the_allocation(tiny_task, make_search):
-    search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2)
-    search.proposer.seen = lambda config: True  # as if every uniform config at 40% had been measured
-    search.optimize(2, show_progress=False)
-    uniform = search.study.get_trials()[1]
-    assert uniform.user_attrs["uniform_start"] and search.config(1) == search.config(0)
-    assert uniform.user_attrs["duplicate_of"] == 0  # not evaluated twice
-
-
-def test_a_uniform_start_the_proxy_ranks_below_the_allocation_is_screened_as_any_trial(tiny_task, make_search):
-    search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2)
-    search.prepare(log=lambda line: None)
-    uniform = {c.to_json() for c in search.proposer.uniform_configs(0.4)}
-    screen = search.proposer._proxy_screen()
+@pytest.mark.parametrize("worst", ["uniform", "allocation"])
+def test_uniform_starts_are_queued_where_the_proxy_ranks_them_above_the_allocation(tiny_task, make_search, worst):
+    search = allocate(tiny_task, make_search, targets={"macs": [0.3, 0.5]}, screen=2)
+    uniform = {c.to_json() for b in (0.3, 0.5) for c in search.proposer.uniform_configs(b)}
+    screen = search.proposer._proxy_screen()  # the screening's proxy (the sensitivity pass has its own)
     real = screen.score
 
-    def uniform_worst(config):
+    def ranked_last(config):
         score = real(config)
-        return dataclasses.replace(score, loss=math.inf) if config.to_json() in uniform else score
+        last = (config.to_json() in uniform) == (worst == "uniform")
+        return dataclasses.replace(score, loss=math.inf) if last else score
 
-    screen.score = uniform_worst
-    search.optimize(2, show_progress=False)
-    trial = search.study.get_trials()[1]
-    assert trial.user_attrs["uniform_start"] and search.config(1).to_json() not in uniform
-    assert "fractions" in trial.user_attrs and "duplicate_of" not in trial.user_attrs  # a fresh allocated config
-    check_allocated(search, trial)
+    screen.score = ranked_last
+    search.prepare(log=lambda line: None)
+    queued = search.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    starts = [t for t in queued if t.user_attrs.get("uniform_start")]
+    if worst == "uniform":
+        assert starts == []
+        return
+    assert [t.number for t in starts] == [2, 3]  # after the one-shots
+    search.optimize(4, show_progress=False)
+    assert [t.params["target"] for t in search.study.get_trials()[2:]] == [0.3, 0.5]
+    for trial in search.study.get_trials()[2:]:
+        assert CompressionConfig.from_dict(trial.user_attrs["fixed_config"]).to_json() in uniform
+        check_uniform_start(search, trial)  # the proxy's best of them (under the same patched proxy)
 
 
 def test_without_uniform_starts_the_search_follows_the_one_shots(tiny_task, make_search, monkeypatch):
-    monkeypatch.setattr(_search, "UNIFORM_STARTS", False)
+    monkeypatch.setattr(_allocate, "UNIFORM_STARTS", False)
     search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2)
     search.optimize(2, show_progress=False)
     assert [sorted(t.user_attrs.keys() & {"one_shot", "uniform_start"}) for t in search.study.get_trials()] == [
@@ -177,11 +190,11 @@ def test_warm_start_configs_are_evaluated_as_given(tiny_task, make_search):
     given = CompressionConfig({"6.0": ("svd", 3), "10": ("svd", 5)})  # rank 5 of layer 10 is on no grid level
     search = allocate(tiny_task, make_search, targets={"macs": [0.4]}, screen=2, warm_start_configs=[given])
     assert 5 not in search.layers["10"].ranks["svd"]
-    search.optimize(3, show_progress=False)
-    one_shot, uniform, fixed = search.study.get_trials()
+    search.optimize(2, show_progress=False)
+    one_shot, fixed = search.study.get_trials(states=(COMPLETE,))
     assert one_shot.user_attrs["one_shot"] and "fixed_config" not in one_shot.user_attrs
-    assert uniform.user_attrs["uniform_start"] and "fixed_config" not in uniform.user_attrs
-    assert CompressionConfig.from_dict(fixed.user_attrs["fixed_config"]) == given and search.config(2) == given
+    assert "uniform_start" not in fixed.user_attrs  # the given configs come before the uniform starts
+    assert CompressionConfig.from_dict(fixed.user_attrs["fixed_config"]) == given and search.config(1) == given
     assert fixed.user_attrs["screened"] == 1 and "proxy_loss" not in fixed.user_attrs
     model = tiny_task[0]
     macs = count(rs.apply(model, given), (1, 1, 8, 8)).macs / count(model, (1, 1, 8, 8)).macs
@@ -196,7 +209,7 @@ def test_warm_start_configs_work_when_no_one_shot_budget_is_reachable(tiny_task,
 
 
 def test_a_duplicate_in_a_resumed_study_is_not_marked_one_shot(tiny_task, make_search, tmp_path, monkeypatch):
-    monkeypatch.setattr(_search, "UNIFORM_STARTS", False)  # its rank is on no grid level: not a duplicate
+    monkeypatch.setattr(_allocate, "UNIFORM_STARTS", False)  # its rank is on no grid level: not a duplicate
     # One searched layer with one level: every allocation at a 90% target is the same config.
     space = SearchSpace(methods=("dense", "svd"), cost_fractions=(0.3,), include=("10",))
     options = {"space": space, "targets": {"macs": [0.9]}, "screen": 1}

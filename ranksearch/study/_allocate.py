@@ -28,6 +28,7 @@ from ..config import CompressionConfig
 from ..errors import RanksearchError
 from ..evaluator import Evaluator
 from ..heuristics import uniform_config
+from ..objectives import ONE_SHOT_BUDGETS
 from ..record import FIXED_CONFIG, FRACTIONS, ONE_SHOT, PROXY_LOSS, SCREENED, SENSITIVITY_ATTR, UNIFORM_START
 from ..screening import ProxySettings, Screen
 from ..sensitivity import Sensitivity, measure_sensitivity
@@ -39,6 +40,10 @@ Pick = tuple[str, float | None]
 KNOB_BUDGET_CAP = 0.7
 """The largest free budget (fraction of dense) a trial may ask for."""
 SLACK_RANGE = (0.8, 1.0)
+UNIFORM_STARTS = True
+"""Whether the sensitivity pass also queues, per target, the uniform config the proxy ranks best where it ranks
+it above the one-shot allocation. Without them, on ResNet-20 / Fashion-MNIST TPE never measured uniform CP at
+10% or 25% of the MACs, the best baseline there (``benchmarks/RESULTS_fashion.md``, arm ``no-uniform-start``)."""
 
 
 class AllocatingProposer:
@@ -83,14 +88,23 @@ class AllocatingProposer:
     def prepare(self) -> Sensitivity:
         """The sensitivity curves: the study's stored ones, or measured now (and stored)."""
         stored = self.study.user_attrs.get(SENSITIVITY_ATTR)
-        if stored is not None:
-            sensitivity = Sensitivity.from_dict(stored)
-        else:
-            sensitivity = self._measure()
-            self.study.set_user_attr(SENSITIVITY_ATTR, sensitivity.to_dict())
+        sensitivity = Sensitivity.from_dict(stored) if stored is not None else self._measure()
         if self._allocator is None:
             self._allocator = Allocator(self.layers, sensitivity, self.costs)
+        if stored is None:  # a new study: its uniform starts, then the curves (a resumed study has both)
+            if UNIFORM_STARTS:
+                self._enqueue_uniform_starts()
+            self.study.set_user_attr(SENSITIVITY_ATTR, sensitivity.to_dict())
         return sensitivity
+
+    def _enqueue_uniform_starts(self) -> None:
+        """Queue, per one-shot budget, the uniform start (:meth:`best_uniform`) where there is one."""
+        for budget in self.one_shot_budgets(ONE_SHOT_BUDGETS):
+            start = self.best_uniform(budget)
+            if start is not None:
+                config, loss, screened = start
+                attrs = {FIXED_CONFIG: config.to_dict(), UNIFORM_START: True, SCREENED: screened, PROXY_LOSS: loss}
+                self.study.enqueue_trial(self.knob_params(budget), user_attrs=attrs)
 
     def _measure(self) -> Sensitivity:
         screen = Screen(self.evaluator, (self.proxy or ProxySettings()).sensitivity())
@@ -156,13 +170,11 @@ class AllocatingProposer:
         proxy of the allocation, the uniform configs at its budget and its variants."""
         knobs = self._knobs(trial)
         fixed = trial.user_attrs.get(FIXED_CONFIG)
-        if fixed is not None:
-            trial.set_user_attr(SCREENED, 1)
+        if fixed is not None:  # a warm start (its screening, if any, was recorded when it was queued)
+            if SCREENED not in trial.user_attrs:
+                trial.set_user_attr(SCREENED, 1)
             return CompressionConfig.from_dict(fixed)
         self.prepare()
-        uniform = self._best_uniform(trial, knobs) if trial.user_attrs.get(UNIFORM_START) else None
-        if uniform is not None:
-            return uniform
         allocator = self._allocator
         base = allocator.picks(knobs)
         candidates = [base]
@@ -200,25 +212,23 @@ class AllocatingProposer:
                 continue
         return found
 
-    def _best_uniform(self, trial: optuna.Trial, knobs: Knobs) -> CompressionConfig | None:
-        """The uniform start at the knobs' budget: of the unmeasured uniform baselines there, the one the proxy
-        ranks best, if it also ranks it above the one-shot allocation at that budget; else None (the trial is
-        then screened as any other). So the search measures the best uniform heuristic the proxy can tell
-        apart wherever it looks better than the allocation (on ResNet-20 / Fashion-MNIST uniform CP at every
-        target), and spends no trial on it where it does not (the digits CNN at 10%: uniform CP 0.93 against
-        the allocation's 0.98), at the cost of one proxy evaluation per method and one for the allocation."""
-        configs = [c for c in self.uniform_configs(knobs.budget) if not self.seen(c)]
+    def best_uniform(self, budget: float) -> tuple[CompressionConfig, float, int] | None:
+        """The uniform start at ``budget``: of the uniform baselines there, the one the proxy ranks best, with
+        its proxy loss and the number of configs scored, if the proxy also ranks it above the one-shot
+        allocation; else None. So the search measures the best uniform heuristic the proxy can tell apart
+        wherever it looks better than the allocation (on ResNet-20 / Fashion-MNIST, uniform CP) and spends no
+        trial on it where it does not (the digits CNN at 10%: uniform CP fine-tunes to 0.93 against the
+        allocation's 0.98), for one proxy evaluation per method and one for the allocation."""
+        configs = self.uniform_configs(budget)
         if not configs:
             return None
         screen = self._proxy_screen()
         scores = [screen.score(c).loss for c in configs]
         best = min(range(len(configs)), key=lambda i: (scores[i], i))
-        allocation = SearchSpace.to_config(self.layers, self._allocator.picks(knobs))
+        allocation = SearchSpace.to_config(self.layers, self._allocator.picks(Knobs(budget)))
         if not scores[best] < screen.score(allocation).loss:
             return None
-        trial.set_user_attr(SCREENED, len(configs) + 1)
-        trial.set_user_attr(PROXY_LOSS, scores[best])
-        return configs[best]
+        return configs[best], scores[best], len(configs) + 1
 
     def _uniform(self, base: Mapping[str, Pick], budget: float) -> list[dict[str, Pick]]:
         """Per method, the uniform config at ``budget``: every layer that takes the method at the highest grid

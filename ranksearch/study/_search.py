@@ -34,7 +34,7 @@ from ..objectives import (
     check_strategy,
     check_targets,
 )
-from ..record import CONFIG, DENSE, FIXED_CONFIG, FRONT_LATENCY_ATTR, ONE_SHOT, UNIFORM_START, param_name
+from ..record import CONFIG, DENSE, FIXED_CONFIG, FRONT_LATENCY_ATTR, ONE_SHOT, param_name
 from ..report import Choice, ReportFiles, StudyResults, choose, figures, write_report
 from ..screening import ProxySettings
 from ..space import LayerChoices, SearchSpace
@@ -52,10 +52,6 @@ from ._storage import default_latency_table
 __all__ = ["WARM_START_METHODS", "RankSearch"]
 
 WARM_START_METHODS = ("tucker2", "svd")
-UNIFORM_STARTS = True
-"""Whether an ``allocate`` study also starts each target with the uniform config the proxy ranks best (after
-the one-shot allocations). Without it, on ResNet-20 / Fashion-MNIST TPE never measured uniform CP at 10% or 25%
-of the MACs, the best baseline there (``benchmarks/RESULTS_fashion.md``, arm ``no-uniform-start``)."""
 
 
 class RankSearch:
@@ -85,8 +81,9 @@ class RankSearch:
         proxy: how the proxy (sensitivity curves, screening) is measured.
         warm_start: with ``per-layer``: grid fractions of the uniform configs enqueued first, after the
             dense model. With ``allocate`` the study starts instead with the one-shot allocation at each
-            target (or at 10/25/50% MACs), then at each the uniform config (one method, one kept-rank
-            fraction) the proxy ranks best.
+            target (or at 10/25/50% MACs); once the sensitivity pass is measured, the uniform config (one
+            method, one kept-rank fraction) the proxy ranks best at each target where it ranks it above
+            the allocation is queued too.
         warm_start_configs: more configs to try first (e.g. from :mod:`ranksearch.heuristics`), each
             snapped to the nearest ranks on the search grid (with ``allocate``: evaluated as they are).
         metric: ``metric(logits, targets) -> float`` replacing top-1 accuracy (higher is better).
@@ -194,13 +191,12 @@ class RankSearch:
     def _enqueue_warm_starts(self, fractions: Sequence[float], configs: Sequence[CompressionConfig]) -> None:
         """Queue the first trials. ``per-layer``: the dense model, uniform configs at ``fractions`` (Tucker-2
         where a layer has it, else SVD), then ``configs`` snapped to the grid. ``allocate``: the one-shot
-        allocation at each target, the uniform start at each target (:data:`UNIFORM_STARTS`), then ``configs``
-        as they are."""
+        allocation at each target, then ``configs`` as they are (the uniform starts are queued after the
+        sensitivity pass, see ``_allocate``)."""
         if self.proposer is not None:
             proposer = self.proposer
-            for start in (ONE_SHOT, UNIFORM_START) if UNIFORM_STARTS else (ONE_SHOT,):
-                for budget in proposer.one_shot_budgets(ONE_SHOT_BUDGETS):
-                    self.study.enqueue_trial(proposer.knob_params(budget), user_attrs={start: True})
+            for budget in proposer.one_shot_budgets(ONE_SHOT_BUDGETS):
+                self.study.enqueue_trial(proposer.knob_params(budget), user_attrs={ONE_SHOT: True})
             budgets = proposer.one_shot_budgets(ONE_SHOT_BUDGETS) or (KNOB_BUDGET_CAP,)
             for config in configs:  # evaluated as given; the knobs are only the trial's (neutral) parameters
                 params = proposer.knob_params(budgets[0])
