@@ -138,9 +138,9 @@ def _training(study_file) -> str:
 
 
 def write_page(
-    args, store, summary, evaluator, study_file, wall, trial_seconds, final, distill, rates, seconds
+    args, store, summary, evaluator, study_file, wall, trial_seconds, final, distill, rates, seconds, heldout
 ) -> None:
-    """Write the markdown results page ``args.results``."""
+    """Write the markdown results page ``args.results`` (``heldout``: the held-out section's lines, first)."""
     targets = [float(t) for t in args.targets.split(",")]
     command = "python benchmarks/search_quality.py " + " ".join(sys.argv[1:])
     table = summary.reset_index().to_markdown(index=False, floatfmt=".4f")
@@ -168,7 +168,13 @@ def write_page(
         "| run | CPU minutes | full trials | proxy evaluations (sensitivity) | sensitivity seconds (CPU; searches "
         "run before the pass had its own clock: wall, as the study records it) |\n"
         "|:--|--:|--:|--:|--:|\n" + clocks + "\n",
-        "## Best accuracy at <= each MACs target (mean over seeds for the searches)\n",
+        *(
+            ["## Held out: each arm's choices on validation images that chose nothing\n", *heldout, ""]
+            if heldout
+            else []
+        ),
+        "## Best accuracy at <= each MACs target on the evaluator's validation subset (mean over seeds for the "
+        "searches)\n",
         table + "\n",
         *_margins(summary, targets),
         _resolution(evaluator),

@@ -44,6 +44,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import torch
+from _heldout import DEFAULT_ARMS as HELDOUT_ARMS
+from _heldout import heldout_rows, pending, section
 from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
 from _quality import (
     baseline_families,
@@ -54,7 +56,7 @@ from _quality import (
     spearman,
     try_config,
 )
-from _quality_page import BASELINES, final_rows, final_run, write_page
+from _quality_page import BASELINES, final_rows, final_run, subset_images, write_page
 from _workqueue import PointStore, Unit, cpu_clock, work
 
 from ranksearch.cache import FactorCache
@@ -160,7 +162,8 @@ def main() -> None:
         if args.results and "trial_seconds" in store.clock("search budget"):
             budget = store.clock("search budget")["trial_seconds"]
             write_page(args, store, summary, evaluator, study_file, args.trials * budget, budget, bench.final_table(),
-                       bench.distill_table(), candidates_per_minute(store), time.perf_counter() - started)  # fmt: skip
+                       bench.distill_table(), candidates_per_minute(store), time.perf_counter() - started,
+                       bench.heldout_lines(arms))  # fmt: skip
             print(f"results page: {args.results}")
 
     if not args.page_only:
@@ -227,7 +230,12 @@ class Bench:
                                   lambda k=key: k in store.read_json("final.json"), after))  # fmt: skip
         units += [self._baseline(name, b) for name in BASELINES for b in grid if b not in first]
         units += [self._one_shot_unit(b) for b in grid if b not in first]
-        return units + search_units[len(seeds) :]
+        units += search_units[len(seeds) :]
+        if self.holds_out():  # last: once every arm has made its choices
+            after = [u.name for u in units if not u.name.startswith("final ")]
+            units.append(Unit("held-out", lambda: self._heldout(arms),
+                              lambda: not pending(self.out, self.heldout_arms(arms), self.targets), after))  # fmt: skip
+        return units
 
     def _baseline(self, name: str, budget: float) -> Unit:
         return Unit(f"{name}@{budget}", lambda: self._run_baseline(name, budget),
@@ -330,6 +338,27 @@ class Bench:
         result = final_run(self.store, self.evaluator, self.model, self.train_loader, self.val_loader, arm, seed,
                            budget, self.args.final_epochs)  # fmt: skip
         self.store.update_json("final.json", lambda done: done.update({f"{arm}@{budget}": result}))
+
+    # -- the held-out check (_heldout.py) ---------------------------------------------------------------------
+    def holds_out(self) -> bool:
+        """Whether validation images outside the evaluator's subset are left to check the choices on."""
+        return subset_images(self.evaluator) < len(self.val_loader.dataset)
+
+    @staticmethod
+    def heldout_arms(arms: list[str]) -> list[str]:
+        return [*HELDOUT_ARMS, *(a for a in arms if a not in HELDOUT_ARMS)]
+
+    def _heldout(self, arms: list[str]) -> None:
+        heldout_rows(self.out, self.evaluator, self.val_loader, self.heldout_arms(arms), self.targets,
+                     subset_images(self.evaluator))  # fmt: skip
+
+    def heldout_lines(self, arms: list[str]) -> list[str]:
+        """The page's held-out section, of what is measured so far (nothing when nothing is held out)."""
+        if not self.holds_out() or not (self.out / "points.jsonl").exists():
+            return []
+        subset = subset_images(self.evaluator)
+        rows = heldout_rows(self.out, None, self.val_loader, self.heldout_arms(arms), self.targets, subset)
+        return section(rows, self.targets, subset, len(self.val_loader.dataset))
 
     # -- tables for the page ----------------------------------------------------------------------------------
     def distill_table(self) -> pd.DataFrame | None:
