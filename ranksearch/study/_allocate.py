@@ -7,7 +7,8 @@ free budget), a preference per method and a depth tilt. The allocator (:mod:`ran
 them into a config that meets the budget; then the proxy (:mod:`ranksearch.screening`) scores it against
 the uniform configs at the same budget (every layer at one method and grid level) and nearby variants (local
 moves between layers, jittered knobs), and only the best earns the fine-tune: the search's refinement around
-its points, at a fraction of a trial's cost.
+its points, at a fraction of a trial's cost. A new study starts with the one-shot allocation at each target and,
+where the proxy ranks it higher, the best uniform baseline there (``uniform_start`` trials).
 
 Why the uniform configs: the allocation adds per-layer curves measured one layer at a time, and at deep
 budgets the interactions it ignores make it concentrate the cuts where each alone looked harmless. On
