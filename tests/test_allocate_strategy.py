@@ -53,7 +53,7 @@ def check_allocated(search, trial) -> None:
 
 def proxy_ranking(search, budget):
     """At ``budget``: the uniform configs, their proxy losses, and the one-shot allocation's proxy loss."""
-    screen = search.proposer._proxy_screen()
+    screen = search.proposer._uniform_screen()
     configs = search.proposer.uniform_configs(budget)
     allocation = search.proposer._allocator.config(Knobs(budget))
     return configs, [screen.score(c).loss for c in configs], screen.score(allocation).loss
@@ -123,7 +123,7 @@ def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task,
 def test_uniform_starts_are_queued_where_the_proxy_ranks_them_above_the_allocation(tiny_task, make_search, worst):
     search = allocate(tiny_task, make_search, targets={"macs": [0.3, 0.5]}, screen=2)
     uniform = {c.to_json() for b in (0.3, 0.5) for c in search.proposer.uniform_configs(b)}
-    screen = search.proposer._proxy_screen()  # the screening's proxy (the sensitivity pass has its own)
+    screen = search.proposer._uniform_screen()  # the uniform starts' proxy (the sensitivity pass has its own)
     real = screen.score
 
     def ranked_last(config):

@@ -82,6 +82,7 @@ class AllocatingProposer:
         self.floor = self._cheapest_any()
         self._allocator: Allocator | None = None
         self._screen: Screen | None = None
+        self._light_screen: Screen | None = None
         self.seen: Callable[[CompressionConfig], bool] = lambda config: False
         """Whether a config was measured before (set by the objective, which keeps the measured configs)."""
 
@@ -126,6 +127,12 @@ class AllocatingProposer:
         if self._screen is None:
             self._screen = Screen(self.evaluator, self.proxy)
         return self._screen
+
+    def _uniform_screen(self) -> Screen:
+        """The uniform starts' proxy: the sensitivity pass's settings (a handful of whole configs to rank)."""
+        if self._light_screen is None:
+            self._light_screen = Screen(self.evaluator, (self.proxy or ProxySettings()).sensitivity())
+        return self._light_screen
 
     def _cheapest_any(self) -> float:
         """The least model cost any choice reaches (fraction of dense): the bottom of the free budget."""
@@ -219,11 +226,13 @@ class AllocatingProposer:
         allocation; else None. So the search measures the best uniform heuristic the proxy can tell apart
         wherever it looks better than the allocation (on ResNet-20 / Fashion-MNIST, uniform CP) and spends no
         trial on it where it does not (the digits CNN at 10%: uniform CP fine-tunes to 0.93 against the
-        allocation's 0.98), for one proxy evaluation per method and one for the allocation."""
+        allocation's 0.98), for one proxy evaluation per method and one for the allocation, with the sensitivity
+        pass's lighter proxy (on the digits CNN, where a full evaluation costs only six proxies, the check costs
+        about four full evaluations' worth of CPU, half of it the CP decompositions)."""
         configs = self.uniform_configs(budget)
         if not configs:
             return None
-        screen = self._proxy_screen()
+        screen = self._uniform_screen()
         scores = [screen.score(c).loss for c in configs]
         best = min(range(len(configs)), key=lambda i: (scores[i], i))
         allocation = SearchSpace.to_config(self.layers, self._allocator.picks(Knobs(budget)))
