@@ -108,8 +108,12 @@ class AllocatingProposer:
                 attrs = {FIXED_CONFIG: config.to_dict(), UNIFORM_START: True, SCREENED: screened, PROXY_LOSS: loss}
                 self.study.enqueue_trial(self.knob_params(budget), user_attrs=attrs)
 
+    def _light_screen_new(self) -> Screen:
+        """A screen with the sensitivity pass's lighter proxy settings."""
+        return Screen(self.evaluator, (self.proxy or ProxySettings()).sensitivity())
+
     def _measure(self) -> Sensitivity:
-        screen = Screen(self.evaluator, (self.proxy or ProxySettings()).sensitivity())
+        screen = self._light_screen_new()
         methods = ", ".join(self.methods())
         self.log(f"sensitivity: scoring each of {len(self.layers)} layers alone under {methods} ...")
         shown = [0.0]
@@ -131,7 +135,7 @@ class AllocatingProposer:
     def _uniform_screen(self) -> Screen:
         """The uniform starts' proxy: the sensitivity pass's settings (a handful of whole configs to rank)."""
         if self._light_screen is None:
-            self._light_screen = Screen(self.evaluator, (self.proxy or ProxySettings()).sensitivity())
+            self._light_screen = self._light_screen_new()
         return self._light_screen
 
     def _cheapest_any(self) -> float:
