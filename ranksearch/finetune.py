@@ -3,15 +3,18 @@
 The search fine-tunes each trial for a few steps on fixed batches so trials are comparable; the
 chosen config deserves full epochs over the training set, with cosine learning-rate decay. Batches are
 read by a :class:`~ranksearch.adapters.BatchAdapter`; batches without labels are distilled from the dense
-model (``teacher``).
+model (``teacher``). Given a ``checkpoint`` file, the state after each epoch is kept there, so a long fine-tune
+that is interrupted resumes after its last finished epoch and ends with the weights an uninterrupted run gives.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +45,7 @@ def finetune_epochs(
     temperature: float = 4.0,
     grad_clip: float | None = None,
     distill: float = 0.0,
+    checkpoint: str | os.PathLike | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``epochs`` passes over ``train_loader`` (SGD, cosine decay to 0).
 
@@ -53,38 +57,100 @@ def finetune_epochs(
     ``grad_clip`` clips the gradient norm before each step (CP chains blow up at their dense layer's lr), both
     as in the brief fine-tune.
 
+    ``checkpoint``: a file written after every epoch (model, optimizer, random generator, losses). If it exists,
+    training resumes after its epochs to the weights of one uninterrupted run (a finished one is only loaded).
+
     Returns the mean training loss of each epoch; logs one line per epoch. Raises on a non-finite loss.
     """
-    total = epochs * _steps_per_epoch(train_loader, epochs, lr)
+    steps_per_epoch = _steps_per_epoch(train_loader, epochs, lr)
+    total = epochs * steps_per_epoch
     _check_clip_and_distill(grad_clip, distill, teacher)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.to(device).train()
     adapter = adapter or BatchAdapter()
-    distiller, losses, step = _Distill(adapter, teacher, fidelity, temperature), [], 0
+    batch_loss = partial(_batch_loss, model, adapter, device, loss_fn, distill,
+                         _Distill(adapter, teacher, fidelity, temperature))  # fmt: skip
+    saved = _Checkpoint(checkpoint, {"epochs": epochs, "lr": lr, "steps_per_epoch": steps_per_epoch})
+    losses = saved.restore(model, optimizer)
     try:
-        for epoch in range(epochs):
+        for epoch in range(len(losses), epochs):
             clock, running, seen = time.perf_counter(), 0.0, 0
-            for batch in train_loader:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                inputs, targets = (to_device(part, device) for part in adapter.split(batch))
-                outputs = adapter.forward(model, inputs)
-                loss = blended_loss(outputs, targets, loss_fn, distill, partial(distiller, outputs, inputs))
-                if not torch.isfinite(loss):
-                    raise RanksearchError(f"fine-tune loss became {loss.item()} at epoch {epoch + 1}, step {step}: "
-                                          "try a lower lr")  # fmt: skip
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                size = batch_size(inputs)
-                running, seen, step = running + loss.item() * size, seen + size, step + 1
+            for index, batch in enumerate(train_loader):
+                step = epoch * steps_per_epoch + index
+                loss, size = batch_loss(batch)
+                _check_finite(loss, epoch, step)
+                _step(optimizer, loss, lr * 0.5 * (1 + math.cos(math.pi * step / total)), grad_clip)
+                running, seen = running + loss.item() * size, seen + size
             losses.append(running / seen)
+            saved.save(model, optimizer, losses)
             log(f"fine-tune epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f} ({time.perf_counter() - clock:.1f} s)")
     finally:
         model.eval()
     return losses
+
+
+class _Checkpoint:
+    """The fine-tune's state after its last finished epoch, in one file (or nowhere, without a path)."""
+
+    def __init__(self, path: str | os.PathLike | None, settings: dict[str, float]) -> None:
+        self.path = None if path is None else Path(path)
+        self.settings = settings
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[float]:
+        """Load the stored state into ``model`` and ``optimizer``; the losses of the epochs it holds ([] if none)."""
+        if self.path is None or not self.path.exists():
+            return []
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            stored = state["settings"]
+        except Exception as error:
+            raise RanksearchError(f"cannot read the fine-tune checkpoint {self.path}: {error}") from None
+        if stored != self.settings:
+            raise RanksearchError(
+                f"the fine-tune checkpoint {self.path} was written with {stored}, this fine-tune has "
+                f"{self.settings}: pass the same settings, or delete the file to start again"
+            )
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise RanksearchError(f"the fine-tune checkpoint {self.path} holds another model: {error}") from None
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        return list(state["losses"])
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, losses: list[float]) -> None:
+        """Write the state atomically (a file half written by a kill is never read back)."""
+        if self.path is None:
+            return
+        state = {"settings": self.settings, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "rng": torch.get_rng_state(), "losses": losses}  # fmt: skip
+        partial_file = self.path.with_name(self.path.name + ".partial")
+        torch.save(state, partial_file)
+        os.replace(partial_file, self.path)
+
+
+def _batch_loss(model: nn.Module, adapter: BatchAdapter, device: str | torch.device, loss_fn: Callable, distill: float,
+                distiller: _Distill, batch: object) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """One batch's training loss and its number of examples."""
+    inputs, targets = (to_device(part, device) for part in adapter.split(batch))
+    outputs = adapter.forward(model, inputs)
+    return blended_loss(outputs, targets, loss_fn, distill, partial(distiller, outputs, inputs)), batch_size(inputs)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float | None) -> None:
+    """One SGD step at ``lr`` on ``loss``, its gradient norm clipped to ``grad_clip``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    optimizer.step()
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise RanksearchError(f"fine-tune loss became {loss.item()} at epoch {epoch + 1}, step {step}: try a lower lr")
 
 
 def _steps_per_epoch(train_loader: Iterable, epochs: object, lr: object) -> int:

@@ -223,3 +223,59 @@ def test_bad_distill_is_refused_before_training(kwargs, message):
     with pytest.raises(rs.RanksearchError, match=message):
         finetune_epochs(model, blobs(), epochs=1, log=lambda s: None, **kwargs)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+class Interrupted(Exception):
+    """Stands for a kill after an epoch's checkpoint is written."""
+
+
+def shuffled_blobs() -> torch.utils.data.DataLoader:
+    """The blobs through a shuffling DataLoader (its order draws from torch's generator, which a resume restores)."""
+    inputs, targets = (torch.cat(parts) for parts in zip(*blobs(), strict=True))
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets), batch_size=16, shuffle=True)
+
+
+def weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_a_fine_tune_interrupted_after_an_epoch_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    torch.manual_seed(1)
+    whole = classifier()
+    torch.manual_seed(1)
+    expected = finetune_epochs(whole, shuffled_blobs(), epochs=4, lr=0.05, log=str)
+
+    def stop_after_two(line: str) -> None:
+        if line.startswith("fine-tune epoch 2/4"):
+            raise Interrupted
+
+    checkpoint = tmp_path / "final.pt"
+    resumed = classifier()
+    torch.manual_seed(1)
+    with pytest.raises(Interrupted):
+        finetune_epochs(resumed, shuffled_blobs(), epochs=4, lr=0.05, log=stop_after_two, checkpoint=checkpoint)
+    torch.manual_seed(123)  # whatever the generator did meanwhile, the resume restores it
+    lines = []
+    losses = finetune_epochs(classifier(), shuffled_blobs(), epochs=4, lr=0.05, log=lines.append,
+                             checkpoint=checkpoint)  # fmt: skip
+    assert [line.split(":")[0] for line in lines] == ["fine-tune epoch 3/4", "fine-tune epoch 4/4"]
+    assert losses == pytest.approx(expected, rel=1e-6)
+    again = classifier()
+    assert (
+        finetune_epochs(again, shuffled_blobs(), epochs=4, lr=0.05, log=lines.append, checkpoint=checkpoint) == losses
+    )
+    assert len(lines) == 2  # a finished checkpoint is loaded, not trained again
+    assert torch.allclose(weights(again), weights(whole), rtol=1e-6, atol=1e-7)
+    assert not any(path.name.endswith(".partial") for path in tmp_path.iterdir())
+
+
+def test_a_checkpoint_of_another_fine_tune_is_refused_with_what_differs(tmp_path):
+    checkpoint = tmp_path / "final.pt"
+    finetune_epochs(classifier(), blobs(), epochs=2, lr=0.05, log=str, checkpoint=checkpoint)
+    with pytest.raises(rs.RanksearchError, match=r"written with \{'epochs': 2, .*this fine-tune has \{'epochs': 3"):
+        finetune_epochs(classifier(), blobs(), epochs=3, lr=0.05, log=str, checkpoint=checkpoint)
+    with pytest.raises(rs.RanksearchError, match=r"final.pt holds another model"):
+        finetune_epochs(nn.Sequential(nn.Linear(2, 3)), blobs(), epochs=2, lr=0.05, log=str, checkpoint=checkpoint)
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(rs.RanksearchError, match=r"cannot read the fine-tune checkpoint .*final.pt"):
+        finetune_epochs(classifier(), blobs(), epochs=2, lr=0.05, log=str, checkpoint=checkpoint)
