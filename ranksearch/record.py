@@ -47,6 +47,7 @@ __all__ = [
     "SENSITIVITY_ATTR",
     "STORED_WHEN_MEASURED",
     "UNIFORM_START",
+    "UNIFORM_START_CHECK_ATTR",
     "Measurements",
     "TrialRecord",
     "check_schema",
@@ -72,6 +73,9 @@ FRONT_LATENCY_ATTR = "latency_measured"
 """{trial number (str): [seconds, dense reference seconds]} for Pareto configs timed after the run (studies
 stored before the reference existed keep plain seconds)."""
 SENSITIVITY_ATTR = "sensitivity"  # the per-layer sensitivity curves (Sensitivity.to_dict()), measured once
+UNIFORM_START_CHECK_ATTR = "uniform_start_check"
+"""{"ran": bool, "check_seconds": its estimated cost, "trial_seconds": a full evaluation's estimated cost} of a
+new ``allocate`` study: whether the uniform starts were looked for (only where that costs less than one trial)."""
 
 # --- trial attributes besides the measurements -----------------------------------------------------
 CONFIG = "config"

@@ -74,13 +74,21 @@ def check_uniform_start(search, trial) -> None:
 
 def check_uniform_starts(search, trials, budgets) -> None:
     """Right after the one-shots, a uniform start at each budget where the proxy ranks a uniform config above
-    the allocation, and none elsewhere."""
+    the allocation, and none elsewhere (none at all where looking for them would cost more than a trial)."""
     starts = [t for t in trials if t.user_attrs.get("uniform_start")]
-    expected = [b for b in budgets if min(proxy_ranking(search, b)[1]) < proxy_ranking(search, b)[2]]
+    looked = search.study.user_attrs["uniform_start_check"]["ran"]
+    expected = [b for b in budgets if looked and min(proxy_ranking(search, b)[1]) < proxy_ranking(search, b)[2]]
     assert [t.params.get("target", t.params.get("budget")) for t in starts] == expected
     assert [t.number for t in starts] == list(range(len(budgets), len(budgets) + len(starts)))
 
 
+@pytest.fixture
+def costly_trials(monkeypatch):
+    """Training steps timed at a minute each: the uniform starts' check always costs less than a trial."""
+    monkeypatch.setattr(_allocate, "training_step_seconds", lambda evaluator: 60.0)
+
+
+@pytest.mark.usefixtures("costly_trials")
 def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task, make_search):
     search = allocate(tiny_task, make_search, targets={"macs": [0.5, 0.3]}, screen=3)
     search.optimize(5, show_progress=False)
@@ -106,6 +114,7 @@ def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task,
     assert {p.layer for p in stored.points} == set(search.layers) and stored.probes > 0
 
 
+@pytest.mark.usefixtures("costly_trials")
 def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task, make_search):
     search = allocate(tiny_task, make_search, screen=2)
     search.optimize(4, show_progress=False)
@@ -119,6 +128,7 @@ def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task,
         check_allocated(search, trial)
 
 
+@pytest.mark.usefixtures("costly_trials")
 @pytest.mark.parametrize("worst", ["uniform", "allocation"])
 def test_uniform_starts_are_queued_where_the_proxy_ranks_them_above_the_allocation(tiny_task, make_search, worst):
     search = allocate(tiny_task, make_search, targets={"macs": [0.3, 0.5]}, screen=2)
@@ -144,6 +154,43 @@ def test_uniform_starts_are_queued_where_the_proxy_ranks_them_above_the_allocati
     for trial in search.study.get_trials()[2:]:
         assert CompressionConfig.from_dict(trial.user_attrs["fixed_config"]).to_json() in uniform
         check_uniform_start(search, trial)  # the proxy's best of them (under the same patched proxy)
+
+
+@pytest.mark.parametrize("step_seconds", [60.0, 1e-9])
+def test_uniform_starts_are_looked_for_only_where_that_costs_less_than_a_trial(
+    tiny_task, make_search, monkeypatch, step_seconds
+):
+    monkeypatch.setattr(_allocate, "training_step_seconds", lambda evaluator: step_seconds)
+    search = allocate(tiny_task, make_search, targets={"macs": [0.3, 0.5]}, screen=2)
+    scored = []
+    screen = search.proposer._uniform_screen()
+    real = screen.score
+    screen.score = lambda config: scored.append(config) or real(config)
+    lines = []
+    search.prepare(log=lines.append)
+    decision = search.study.user_attrs["uniform_start_check"]
+    sensitivity = Sensitivity.from_dict(search.study.user_attrs["sensitivity"])
+    proxies = sum(len(search.proposer.uniform_configs(b)) + 1 for b in (0.3, 0.5))
+    assert proxies >= 4 and sensitivity.probes > 0
+    assert decision["check_seconds"] == pytest.approx(proxies * sensitivity.seconds / sensitivity.probes, rel=1e-12)
+    assert decision["trial_seconds"] == pytest.approx(step_seconds * search.evaluator.settings.finetune_steps)
+    assert decision["ran"] == (step_seconds == 60.0)
+    assert len(scored) == (proxies if decision["ran"] else 0)  # a check not run scores nothing
+    assert any(
+        line.startswith("uniform starts: " + ("ranking" if decision["ran"] else "not looked for")) for line in lines
+    )
+    search.optimize(4, show_progress=False)
+    check_uniform_starts(search, search.study.get_trials(), [0.3, 0.5])
+
+
+def test_a_training_step_is_timed_on_a_copy_of_the_dense_model(tiny_task, make_search):
+    search = allocate(tiny_task, make_search, targets={"macs": [0.5]})
+    before = copy.deepcopy(search.evaluator.model.state_dict())
+    seconds = _allocate.training_step_seconds(search.evaluator)
+    assert 0 < seconds < 10 and math.isfinite(seconds)
+    after = search.evaluator.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in search.evaluator.model.parameters())
 
 
 def test_without_uniform_starts_the_search_follows_the_one_shots(tiny_task, make_search, monkeypatch):

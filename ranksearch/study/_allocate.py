@@ -8,7 +8,8 @@ them into a config that meets the budget; then the proxy (:mod:`ranksearch.scree
 the uniform configs at the same budget (every layer at one method and grid level) and nearby variants (local
 moves between layers, jittered knobs), and only the best earns the fine-tune: the search's refinement around
 its points, at a fraction of a trial's cost. A new study starts with the one-shot allocation at each target and,
-where the proxy ranks it higher, the best uniform baseline there (``uniform_start`` trials).
+where the proxy ranks it higher, the best uniform baseline there (``uniform_start`` trials; looked for only
+where ranking them costs less than one full evaluation).
 
 Why the uniform configs: the allocation adds per-layer curves measured one layer at a time, and at deep
 budgets the interactions it ignores make it concentrate the cuts where each alone looked harmless. On
@@ -18,11 +19,14 @@ reached 0.926; the proxy tells the two apart at the cost of one proxy evaluation
 
 from __future__ import annotations
 
+import copy
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 
 import optuna
+import torch
 
 from ..allocation import Allocator, Knobs, option_costs
 from ..config import CompressionConfig
@@ -30,7 +34,16 @@ from ..errors import RanksearchError
 from ..evaluator import Evaluator
 from ..heuristics import uniform_config
 from ..objectives import ONE_SHOT_BUDGETS
-from ..record import FIXED_CONFIG, FRACTIONS, ONE_SHOT, PROXY_LOSS, SCREENED, SENSITIVITY_ATTR, UNIFORM_START
+from ..record import (
+    FIXED_CONFIG,
+    FRACTIONS,
+    ONE_SHOT,
+    PROXY_LOSS,
+    SCREENED,
+    SENSITIVITY_ATTR,
+    UNIFORM_START,
+    UNIFORM_START_CHECK_ATTR,
+)
 from ..screening import ProxySettings, Screen
 from ..sensitivity import Sensitivity, measure_sensitivity
 from ..space import LayerChoices, SearchSpace
@@ -44,7 +57,8 @@ SLACK_RANGE = (0.8, 1.0)
 UNIFORM_STARTS = True
 """Whether the sensitivity pass also queues, per target, the uniform config the proxy ranks best where it ranks
 it above the one-shot allocation. Without them, on ResNet-20 / Fashion-MNIST TPE never measured uniform CP at
-10% or 25% of the MACs, the best baseline there (``benchmarks/RESULTS_fashion.md``, arm ``no-uniform-start``)."""
+10% or 25% of the MACs, the best baseline there (``benchmarks/RESULTS_fashion.md``, arm ``no-uniform-start``).
+The check runs only where it costs less than one full evaluation (:meth:`AllocatingProposer.check_pays`)."""
 
 
 class AllocatingProposer:
@@ -83,6 +97,7 @@ class AllocatingProposer:
         self._allocator: Allocator | None = None
         self._screen: Screen | None = None
         self._light_screen: Screen | None = None
+        self._uniform_configs: dict[float, list[CompressionConfig]] = {}
         self.seen: Callable[[CompressionConfig], bool] = lambda config: False
         """Whether a config was measured before (set by the objective, which keeps the measured configs)."""
 
@@ -95,13 +110,33 @@ class AllocatingProposer:
             self._allocator = Allocator(self.layers, sensitivity, self.costs)
         if stored is None:  # a new study: its uniform starts, then the curves (a resumed study has both)
             if UNIFORM_STARTS:
-                self._enqueue_uniform_starts()
+                self._enqueue_uniform_starts(sensitivity)
             self.study.set_user_attr(SENSITIVITY_ATTR, sensitivity.to_dict())
         return sensitivity
 
-    def _enqueue_uniform_starts(self) -> None:
-        """Queue, per one-shot budget, the uniform start (:meth:`best_uniform`) where there is one."""
-        for budget in self.one_shot_budgets(ONE_SHOT_BUDGETS):
+    def check_pays(self, sensitivity: Sensitivity, budgets: tuple[float, ...]) -> dict[str, object]:
+        """Whether looking for uniform starts at ``budgets`` costs less than one full evaluation: its proxy
+        evaluations (the uniform configs and the allocation per budget) at the sensitivity pass's seconds per
+        proxy, against ``finetune_steps`` timed training steps of the dense model (a lower bound of a full
+        evaluation). On the digits CNN a full evaluation is worth about 7 proxies and the check about 15 (it cost 7
+        of 30 trials' worth and found nothing); on ResNet-20 / Fashion-MNIST one evaluation is worth about 60."""
+        proxies = sum(len(self.uniform_configs(b)) + 1 for b in budgets)
+        check = proxies * sensitivity.seconds / max(sensitivity.probes, 1)
+        trial = self.evaluator.settings.finetune_steps * training_step_seconds(self.evaluator)
+        return {"ran": check <= trial, "check_seconds": check, "trial_seconds": trial}
+
+    def _enqueue_uniform_starts(self, sensitivity: Sensitivity) -> None:
+        """Queue, per one-shot budget, the uniform start (:meth:`best_uniform`) where there is one, if looking
+        for them pays (:meth:`check_pays`; the decision is stored in the study)."""
+        budgets = self.one_shot_budgets(ONE_SHOT_BUDGETS)
+        decision = self.check_pays(sensitivity, budgets)
+        self.study.set_user_attr(UNIFORM_START_CHECK_ATTR, decision)
+        costs = f"~{decision['check_seconds']:.1f} s of proxies; a full evaluation >= {decision['trial_seconds']:.1f} s"
+        if not decision["ran"]:
+            self.log(f"uniform starts: not looked for, it would cost more than a trial ({costs})")
+            return
+        self.log(f"uniform starts: ranking the uniform configs at each target with the proxy ({costs})")
+        for budget in budgets:
             start = self.best_uniform(budget)
             if start is not None:
                 config, loss, screened = start
@@ -214,6 +249,8 @@ class AllocatingProposer:
         that takes the method at one kept-rank fraction, the largest that keeps the model within the budget
         (:func:`~ranksearch.heuristics.uniform_config`, to the rank; the others dense). Methods that cannot
         reach the budget are left out."""
+        if budget in self._uniform_configs:
+            return list(self._uniform_configs[budget])
         found = []
         for method in self.methods():
             names = [n for n, layer in self.layers.items() if method in layer.methods]
@@ -222,7 +259,8 @@ class AllocatingProposer:
                 found.append(uniform_config(self.evaluator.model, cost_fraction=budget, cost=self.kind, **where))
             except RanksearchError:
                 continue
-        return found
+        self._uniform_configs[budget] = found
+        return list(found)
 
     def best_uniform(self, budget: float) -> tuple[CompressionConfig, float, int] | None:
         """The uniform start at ``budget``: of the uniform baselines there, the one the proxy ranks best, with
@@ -231,8 +269,8 @@ class AllocatingProposer:
         wherever it looks better than the allocation (on ResNet-20 / Fashion-MNIST, uniform CP) and spends no
         trial on it where it does not (the digits CNN at 10%: uniform CP fine-tunes to 0.93 against the
         allocation's 0.98), for one proxy evaluation per method and one for the allocation, with the sensitivity
-        pass's lighter proxy (on the digits CNN, where a full evaluation costs only six proxies, the check costs
-        about four full evaluations' worth of CPU, half of it the CP decompositions)."""
+        pass's lighter proxy. A new study looks for them only where that costs less than a trial
+        (:meth:`check_pays`)."""
         configs = self.uniform_configs(budget)
         if not configs:
             return None
@@ -302,3 +340,20 @@ class AllocatingProposer:
             if cheaper:
                 picks[other] = max(cheaper, key=lambda o: o[1])[0]
         return picks if self._allocator.cost(picks) <= limit + 1e-12 else None
+
+
+def training_step_seconds(evaluator: Evaluator, repeats: int = 3) -> float:
+    """Seconds of one training step (forward and backward of a fine-tune batch) of a copy of the dense model: the
+    fastest of ``repeats`` (the first pays one-off costs)."""
+    model = copy.deepcopy(evaluator.model).to(evaluator.device).train()
+    inputs, _ = evaluator.train_batches[0]
+    fastest = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with evaluator.autocast():
+            outputs = evaluator.adapter.forward(model, inputs)
+        outputs.float().square().mean().backward()  # any loss: the backward pass costs the same
+        if evaluator.device.type == "cuda":
+            torch.cuda.synchronize(evaluator.device)
+        fastest = min(fastest, time.perf_counter() - start)
+    return fastest
