@@ -170,12 +170,14 @@ def test_uniform_starts_are_looked_for_only_where_that_costs_less_than_a_trial(
     search.prepare(log=lines.append)
     decision = search.study.user_attrs["uniform_start_check"]
     sensitivity = Sensitivity.from_dict(search.study.user_attrs["sensitivity"])
-    proxies = sum(len(search.proposer.uniform_configs(b)) + 1 for b in (0.3, 0.5))
+    assert (search.proposer._uniform_configs == {}) == (not decision["ran"])  # a check not run builds none
+    proxies = (len(search.proposer.methods()) + 1) * 2
     assert proxies >= 4 and sensitivity.probes > 0
     assert decision["check_seconds"] == pytest.approx(proxies * sensitivity.seconds / sensitivity.probes, rel=1e-12)
     assert decision["trial_seconds"] == pytest.approx(step_seconds * search.evaluator.settings.finetune_steps)
     assert decision["ran"] == (step_seconds == 60.0)
-    assert len(scored) == (proxies if decision["ran"] else 0)  # a check not run scores nothing
+    built = sum(len(search.proposer.uniform_configs(b)) + 1 for b in (0.3, 0.5))
+    assert len(scored) == (built if decision["ran"] else 0)  # a check not run scores nothing
     assert any(
         line.startswith("uniform starts: " + ("ranking" if decision["ran"] else "not looked for")) for line in lines
     )
