@@ -2,7 +2,9 @@
 longer, and save its config, compressed model and (optionally) ONNX graph. No Optuna here.
 
 The qualities an export reports are those the study measured: ``accuracy`` with labels, ``fidelity`` (the
-agreement with the dense model's outputs) when the study asked for it or its batches carry no labels.
+agreement with the dense model's outputs) when the study asked for it or its batches carry no labels. A
+longer fine-tune keeps a checkpoint in the export folder after each epoch: the same export run again after an
+interruption resumes it.
 
 :meth:`ranksearch.RankSearch.export` picks the trial and calls :func:`export_config`;
 ``ranksearch export`` is a thin shell over that method.
@@ -10,6 +12,7 @@ agreement with the dense model's outputs) when the study asked for it or its bat
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,6 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from .adapters import batch_size, first_samples, to_device
+from .calibration import model_digest
 from .config import CompressionConfig
 from .errors import RanksearchError
 from .evaluator import Evaluation, Evaluator
@@ -85,9 +89,9 @@ def export_config(
     if epochs and train_loader is None:
         raise RanksearchError("a fine-tune of more epochs needs a train_loader")
     model, facts = _rebuild(evaluator, config, recorded, metadata or {}, log)
-    if epochs:
-        _finetune(evaluator, model, train_loader, epochs, lr, facts, log)
     folder = _folder(folder)
+    if epochs:
+        _finetune(evaluator, model, train_loader, epochs, lr, facts, log, _checkpoint(folder, evaluator, config))
     config.save(folder / "config.json")
     model = model.cpu().eval()
     path = save(
@@ -100,6 +104,7 @@ def export_config(
         cache=evaluator.cache,
         calibration=evaluator.calibration,
     )
+    _discard_checkpoints(folder)  # the fine-tuned weights are in model.pt now
     log(f"config: {folder / 'config.json'}\nmodel: {path}")
     load_hint = "rs.load(path)" if builtin else "rs.load(path, base_model=YourModel())"
     log(f"  load it with: import ranksearch as rs; model = {load_hint}")
@@ -220,16 +225,20 @@ def _finetune(
     lr: float,
     facts: dict[str, object],
     log: Callable[[str], None],
+    checkpoint: Path,
 ) -> None:
     """Fine-tune ``model`` in place as the study's brief fine-tune does (the evaluator's loss, batch adapter,
     gradient clipping and distillation from the dense model, the whole loss of batches without labels), then
-    measure the qualities the rebuild measured."""
+    measure the qualities the rebuild measured. The state after each epoch is kept in ``checkpoint``, so the
+    same export run again after an interruption resumes after its last finished epoch."""
     before = {quality: facts[quality] for quality in QUALITIES if quality in facts}
+    if checkpoint.exists():
+        log(f"resuming the fine-tune from {checkpoint}")
     finetune_epochs(
         model, train_loader, epochs=epochs, lr=lr, device=evaluator.settings.device, loss_fn=evaluator.loss_fn,
         adapter=evaluator.adapter, teacher=evaluator.model, fidelity=evaluator.fidelity_kind,
         temperature=evaluator.settings.distill_temperature, grad_clip=evaluator.settings.grad_clip,
-        distill=evaluator.distill, log=log,
+        distill=evaluator.distill, log=log, checkpoint=checkpoint,
     )  # fmt: skip
     measure = {"accuracy": evaluator.measure, "fidelity": evaluator.measure_fidelity}
     dense = {"accuracy": evaluator.dense.accuracy, "fidelity": 1.0}
@@ -241,6 +250,18 @@ def _finetune(
     facts.update(finetune_epochs=epochs, finetune_lr=lr, finetune_grad_clip=evaluator.settings.grad_clip,
                  finetune_distill=evaluator.distill)  # fmt: skip
     log(f"fine-tuned {epochs} epochs: {', '.join(changes) or 'no quality measured'}")
+
+
+def _checkpoint(folder: Path, evaluator: Evaluator, config: CompressionConfig) -> Path:
+    """The longer fine-tune's checkpoint, named by what it belongs to: the dense model's weights and the config
+    (:func:`~ranksearch.finetune.finetune_epochs` refuses one of other epochs or lr)."""
+    text = f"{model_digest(evaluator.model)}|{config.to_json()}"
+    return folder / f".finetune-{hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}.pt"
+
+
+def _discard_checkpoints(folder: Path) -> None:
+    for checkpoint in folder.glob(".finetune-*.pt"):
+        checkpoint.unlink(missing_ok=True)
 
 
 def _folder(folder: str | Path) -> Path:

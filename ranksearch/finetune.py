@@ -57,7 +57,7 @@ def finetune_epochs(
     ``grad_clip`` clips the gradient norm before each step (CP chains blow up at their dense layer's lr), both
     as in the brief fine-tune.
 
-    ``checkpoint``: a file written after every epoch (model, optimizer, random generator, losses). If it exists,
+    ``checkpoint``: a file written after every epoch (model, optimizer, random generators, losses). If it exists,
     training resumes after its epochs to the weights of one uninterrupted run (a finished one is only loaded).
 
     Returns the mean training loss of each epoch; logs one line per epoch. Raises on a non-finite loss.
@@ -70,7 +70,8 @@ def finetune_epochs(
     adapter = adapter or BatchAdapter()
     batch_loss = partial(_batch_loss, model, adapter, device, loss_fn, distill,
                          _Distill(adapter, teacher, fidelity, temperature))  # fmt: skip
-    saved = _Checkpoint(checkpoint, {"epochs": epochs, "lr": lr, "steps_per_epoch": steps_per_epoch})
+    settings = {"epochs": epochs, "lr": lr, "steps_per_epoch": steps_per_epoch}
+    saved = _Checkpoint(checkpoint, settings, getattr(train_loader, "generator", None))
     losses = saved.restore(model, optimizer)
     try:
         for epoch in range(len(losses), epochs):
@@ -92,9 +93,11 @@ def finetune_epochs(
 class _Checkpoint:
     """The fine-tune's state after its last finished epoch, in one file (or nowhere, without a path)."""
 
-    def __init__(self, path: str | os.PathLike | None, settings: dict[str, float]) -> None:
+    def __init__(self, path: str | os.PathLike | None, settings: dict[str, float], loader_rng: object) -> None:
         self.path = None if path is None else Path(path)
         self.settings = settings
+        self.loader_rng = loader_rng if isinstance(loader_rng, torch.Generator) else None
+        """The loader's own shuffling generator (a DataLoader's ``generator``), kept with torch's global one."""
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[float]:
         """Load the stored state into ``model`` and ``optimizer``; the losses of the epochs it holds ([] if none)."""
@@ -116,6 +119,8 @@ class _Checkpoint:
             raise RanksearchError(f"the fine-tune checkpoint {self.path} holds another model: {error}") from None
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if self.loader_rng is not None and state.get("loader_rng") is not None:
+            self.loader_rng.set_state(state["loader_rng"])
         return list(state["losses"])
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, losses: list[float]) -> None:
@@ -123,7 +128,8 @@ class _Checkpoint:
         if self.path is None:
             return
         state = {"settings": self.settings, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "rng": torch.get_rng_state(), "losses": losses}  # fmt: skip
+                 "rng": torch.get_rng_state(), "losses": losses,
+                 "loader_rng": None if self.loader_rng is None else self.loader_rng.get_state()}  # fmt: skip
         partial_file = self.path.with_name(self.path.name + ".partial")
         torch.save(state, partial_file)
         os.replace(partial_file, self.path)

@@ -279,3 +279,30 @@ def test_a_checkpoint_of_another_fine_tune_is_refused_with_what_differs(tmp_path
     checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(rs.RanksearchError, match=r"cannot read the fine-tune checkpoint .*final.pt"):
         finetune_epochs(classifier(), blobs(), epochs=2, lr=0.05, log=str, checkpoint=checkpoint)
+
+
+def test_an_interrupted_export_fine_tune_resumes_where_it_stopped(tiny_task, make_search, tmp_path):
+    from ranksearch.data import digits, make_loaders
+
+    train_loader, val_loader = make_loaders(digits(image_size=8), batch_size=32, eval_batch_size=120, seed=0)
+    search = make_search((tiny_task[0], train_loader, val_loader))  # its own loaders: their order is reset below
+    search.optimize(2, show_progress=False)
+    torch.manual_seed(0), train_loader.generator.manual_seed(0)
+    whole = search.export(tmp_path / "whole", knee=True, epochs=3, log=lambda line: None)
+
+    def stop_after_two(line: str) -> None:
+        if line.startswith("fine-tune epoch 2/3"):
+            raise Interrupted
+
+    torch.manual_seed(0), train_loader.generator.manual_seed(0)
+    with pytest.raises(Interrupted):
+        search.export(tmp_path / "resumed", knee=True, epochs=3, log=stop_after_two)
+    torch.manual_seed(1), train_loader.generator.manual_seed(1)  # the resume restores both generators
+    assert [p.name.startswith(".finetune-") for p in (tmp_path / "resumed").iterdir()] == [True]  # no model yet
+    lines = []
+    resumed = search.export(tmp_path / "resumed", knee=True, epochs=3, log=lines.append)
+    assert any(line.startswith("resuming the fine-tune from ") for line in lines)
+    assert [line.split(":")[0] for line in lines if line.startswith("fine-tune epoch")] == ["fine-tune epoch 3/3"]
+    assert torch.allclose(weights(resumed.model), weights(whole.model), rtol=1e-6, atol=1e-7)
+    assert resumed.metadata["accuracy"] == pytest.approx(whole.metadata["accuracy"], abs=1e-9)
+    assert not any(p.name.startswith(".finetune-") for p in (tmp_path / "resumed").iterdir())  # removed once saved
