@@ -44,6 +44,7 @@ __all__ = [
     "PROXY_LOSS",
     "SCHEMA_VERSION",
     "SCREENED",
+    "SCREEN_CHECK_ATTR",
     "SENSITIVITY_ATTR",
     "STORED_WHEN_MEASURED",
     "UNIFORM_START",
@@ -73,6 +74,9 @@ FRONT_LATENCY_ATTR = "latency_measured"
 """{trial number (str): [seconds, dense reference seconds]} for Pareto configs timed after the run (studies
 stored before the reference existed keep plain seconds)."""
 SENSITIVITY_ATTR = "sensitivity"  # the per-layer sensitivity curves (Sensitivity.to_dict()), measured once
+SCREEN_CHECK_ATTR = "screen_check"
+"""{"asked", "screen", "proxy_seconds", "trial_seconds"} of a new ``allocate`` study: the candidates each trial
+screens, as many as cost at most half a full evaluation (a resumed study screens as stored)."""
 UNIFORM_START_CHECK_ATTR = "uniform_start_check"
 """{"ran": bool, "check_seconds": its estimated cost, "trial_seconds": a full evaluation's estimated cost} of a
 new ``allocate`` study: whether the uniform starts were looked for (only where that costs less than one trial)."""

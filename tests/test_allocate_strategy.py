@@ -23,9 +23,10 @@ from ranksearch.record import IDENTITY_ATTR
 from ranksearch.screening import ProxySettings
 from ranksearch.sensitivity import Sensitivity
 from ranksearch.space import DEFAULT_COST_FRACTIONS, SearchSpace
-from ranksearch.study import _allocate
+from ranksearch.study import _allocate, _proxy_budget
 
 PROXY = ProxySettings(bn_batches=1, eval_samples=60)
+TRAINING_STEP_SECONDS = _proxy_budget.training_step_seconds
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
@@ -82,13 +83,13 @@ def check_uniform_starts(search, trials, budgets) -> None:
     assert [t.number for t in starts] == list(range(len(budgets), len(budgets) + len(starts)))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def costly_trials(monkeypatch):
-    """Training steps timed at a minute each: the uniform starts' check always costs less than a trial."""
-    monkeypatch.setattr(_allocate, "training_step_seconds", lambda evaluator: 60.0)
+    """Training steps timed at a minute each: screening and the uniform starts' check cost less than a trial, as
+    on ResNet-20 (on the tiny task they would not: the gates' own tests time them otherwise)."""
+    monkeypatch.setattr(_proxy_budget, "training_step_seconds", lambda evaluator: 60.0)
 
 
-@pytest.mark.usefixtures("costly_trials")
 def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task, make_search):
     search = allocate(tiny_task, make_search, targets={"macs": [0.5, 0.3]}, screen=3)
     search.optimize(5, show_progress=False)
@@ -114,7 +115,6 @@ def test_allocated_trials_cost_less_than_dense_and_meet_their_targets(tiny_task,
     assert {p.layer for p in stored.points} == set(search.layers) and stored.probes > 0
 
 
-@pytest.mark.usefixtures("costly_trials")
 def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task, make_search):
     search = allocate(tiny_task, make_search, screen=2)
     search.optimize(4, show_progress=False)
@@ -128,7 +128,6 @@ def test_a_free_budget_starts_with_one_shots_at_ten_25_and_50_percent(tiny_task,
         check_allocated(search, trial)
 
 
-@pytest.mark.usefixtures("costly_trials")
 @pytest.mark.parametrize("worst", ["uniform", "allocation"])
 def test_uniform_starts_are_queued_where_the_proxy_ranks_them_above_the_allocation(tiny_task, make_search, worst):
     search = allocate(tiny_task, make_search, targets={"macs": [0.3, 0.5]}, screen=2)
@@ -160,7 +159,7 @@ def test_uniform_starts_are_queued_where_the_proxy_ranks_them_above_the_allocati
 def test_uniform_starts_are_looked_for_only_where_that_costs_less_than_a_trial(
     tiny_task, make_search, monkeypatch, step_seconds
 ):
-    monkeypatch.setattr(_allocate, "training_step_seconds", lambda evaluator: step_seconds)
+    monkeypatch.setattr(_proxy_budget, "training_step_seconds", lambda evaluator: step_seconds)
     search = allocate(tiny_task, make_search, targets={"macs": [0.3, 0.5]}, screen=2)
     scored = []
     screen = search.proposer._uniform_screen()
@@ -187,10 +186,47 @@ def test_uniform_starts_are_looked_for_only_where_that_costs_less_than_a_trial(
     assert len(starts) == (len(preferred) if decision["ran"] else 0)
 
 
+@pytest.mark.parametrize(
+    ("asked", "proxy_seconds", "trial", "screen"),
+    [(8, 1.0, 100.0, 8), (8, 1.0, 10.0, 5), (8, 1.0, 4.0, 2), (8, 1.0, 3.9, 1), (1, 1.0, 100.0, 1), (8, 0.0, 1.0, 8)],
+)
+def test_screening_costs_at_most_half_a_full_evaluation(asked, proxy_seconds, trial, screen):
+    decision = _proxy_budget.screen_decision(asked, proxy_seconds, trial)
+    assert decision == {"asked": asked, "screen": screen, "proxy_seconds": proxy_seconds, "trial_seconds": trial}
+
+
+@pytest.mark.parametrize("affordable", [0, 3, 100])
+def test_a_new_study_screens_what_it_affords_and_a_resumed_one_what_it_stored(
+    tiny_task, make_search, monkeypatch, tmp_path, affordable
+):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = allocate(tiny_task, make_search, targets={"macs": [0.3, 0.5]}, screen=5, storage=storage)
+    proxy = search.proposer._proxy_screen().dense.seconds  # the screening proxy, timed on the dense model
+    steps = search.evaluator.settings.finetune_steps
+    step = (affordable + 0.5) * proxy / (_proxy_budget.SCREEN_SHARE * steps)  # affords `affordable` candidates
+    monkeypatch.setattr(_proxy_budget, "training_step_seconds", lambda evaluator: step)
+    lines = []
+    search.prepare(log=lines.append)
+    expected = {0: 1, 3: 3, 100: 5}[affordable]
+    stored = search.study.user_attrs["screen_check"]
+    assert stored["screen"] == search.proposer.screen_size == expected and stored["asked"] == 5
+    assert stored["trial_seconds"] == pytest.approx(steps * step) and stored["proxy_seconds"] == proxy
+    assert any(line.startswith(f"screening: {expected} of the 5") for line in lines) == (expected < 5)
+    search.optimize(5, show_progress=False)
+    trials = search.study.get_trials(states=(COMPLETE,))
+    searched = [t for t in trials if not {"one_shot", "fixed_config"} & t.user_attrs.keys()]
+    assert searched and all(1 <= t.user_attrs["screened"] <= expected for t in searched)
+    assert all(("proxy_loss" in t.user_attrs) == (t.user_attrs["screened"] > 1) for t in searched)
+    monkeypatch.setattr(_proxy_budget, "training_step_seconds", lambda evaluator: 1e9)  # decided once: stored
+    resumed = allocate(tiny_task, make_search, targets={"macs": [0.3, 0.5]}, screen=5, storage=storage)
+    resumed.prepare(log=lambda line: None)
+    assert resumed.proposer.screen_size == expected
+
+
 def test_a_training_step_is_timed_on_a_copy_of_the_dense_model(tiny_task, make_search):
     search = allocate(tiny_task, make_search, targets={"macs": [0.5]})
     before = copy.deepcopy(search.evaluator.model.state_dict())
-    seconds = _allocate.training_step_seconds(search.evaluator)
+    seconds = TRAINING_STEP_SECONDS(search.evaluator)  # the real one (the autouse fixture patches the module's)
     assert 0 < seconds < 10 and math.isfinite(seconds)
     after = search.evaluator.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -19,14 +19,11 @@ reached 0.926; the proxy tells the two apart at the cost of one proxy evaluation
 
 from __future__ import annotations
 
-import copy
 import math
 import random
-import time
 from collections.abc import Callable, Mapping
 
 import optuna
-import torch
 
 from ..allocation import Allocator, Knobs, option_costs
 from ..config import CompressionConfig
@@ -39,6 +36,7 @@ from ..record import (
     FRACTIONS,
     ONE_SHOT,
     PROXY_LOSS,
+    SCREEN_CHECK_ATTR,
     SCREENED,
     SENSITIVITY_ATTR,
     UNIFORM_START,
@@ -47,6 +45,7 @@ from ..record import (
 from ..screening import ProxySettings, Screen
 from ..sensitivity import Sensitivity, measure_sensitivity
 from ..space import LayerChoices, SearchSpace
+from . import _proxy_budget
 
 __all__ = ["KNOB_BUDGET_CAP", "AllocatingProposer"]
 
@@ -103,35 +102,49 @@ class AllocatingProposer:
 
     # --- preparation ---------------------------------------------------------------------------
     def prepare(self) -> Sensitivity:
-        """The sensitivity curves: the study's stored ones, or measured now (and stored)."""
+        """The sensitivity curves: the study's stored ones, or measured now (and stored), and what the proxies may
+        cost (:mod:`._proxy_budget`: decided once, on a new study, and stored)."""
         stored = self.study.user_attrs.get(SENSITIVITY_ATTR)
         sensitivity = Sensitivity.from_dict(stored) if stored is not None else self._measure()
         if self._allocator is None:
             self._allocator = Allocator(self.layers, sensitivity, self.costs)
-        if stored is None:  # a new study: its uniform starts, then the curves (a resumed study has both)
+        if stored is None:  # a new study: its proxy budget and uniform starts, then the curves (a resumed one has all)
+            trial = _proxy_budget.trial_seconds(self.evaluator)
+            self._decide_screen(trial)
             if UNIFORM_STARTS:
-                self._enqueue_uniform_starts(sensitivity)
+                self._enqueue_uniform_starts(sensitivity, trial)
             self.study.set_user_attr(SENSITIVITY_ATTR, sensitivity.to_dict())
+        else:  # studies stored before the decision screen as asked
+            self.screen_size = self.study.user_attrs.get(SCREEN_CHECK_ATTR, {}).get("screen", self.screen_size)
         return sensitivity
 
-    def check_pays(self, sensitivity: Sensitivity, budgets: tuple[float, ...]) -> dict[str, object]:
-        """Whether looking for uniform starts at ``budgets`` costs less than one full evaluation: its proxy
-        evaluations (the uniform configs and the allocation per budget) at the sensitivity pass's seconds per
-        proxy, against ``finetune_steps`` timed training steps of the dense model (a lower bound of a full
-        evaluation). On the digits CNN a full evaluation is worth about 7 proxies and the check about 15 (it took 12
-        CPU s, three of the search's 30 trials' worth, and found nothing); on ResNet-20 / Fashion-MNIST one
-        evaluation is worth about 60 proxies and the check found uniform CP at every target.
-        Counts the proxies without building the uniform configs (a check not run builds nothing)."""
-        proxies = (len(self.methods()) + 1) * len(budgets)  # at most: not every method may reach a budget
-        check = proxies * sensitivity.seconds / max(sensitivity.probes, 1)
-        trial = self.evaluator.settings.finetune_steps * training_step_seconds(self.evaluator)
-        return {"ran": check <= trial, "check_seconds": check, "trial_seconds": trial}
+    def _decide_screen(self, trial: float) -> None:
+        """Screen as many candidates per trial as :func:`~._proxy_budget.screen_decision` affords (stored)."""
+        if self.screen_size <= 1:
+            return
+        decision = _proxy_budget.screen_decision(self.screen_size, self._proxy_screen().dense.seconds, trial)
+        self.study.set_user_attr(SCREEN_CHECK_ATTR, decision)
+        self.screen_size = decision["screen"]
+        costs = f"a proxy {decision['proxy_seconds']:.2f} s, a full evaluation >= {trial:.1f} s"
+        if self.screen_size < decision["asked"]:
+            self.log(
+                f"screening: {self.screen_size} of the {decision['asked']} candidates per trial asked for ({costs})"
+            )
 
-    def _enqueue_uniform_starts(self, sensitivity: Sensitivity) -> None:
+    def check_pays(self, sensitivity: Sensitivity, budgets: tuple[float, ...], trial: float) -> dict[str, object]:
+        """Whether looking for uniform starts at ``budgets`` costs less than one full evaluation (``trial``
+        seconds): :func:`~._proxy_budget.uniform_start_check` of the uniform configs and the allocation per budget
+        (counted without building the uniform configs: a check not run builds nothing). On the digits CNN the
+        check took 12 CPU s, three of the search's 30 trials' worth, and found nothing; on ResNet-20 /
+        Fashion-MNIST it found uniform CP at every target."""
+        proxies = (len(self.methods()) + 1) * len(budgets)  # at most: not every method may reach a budget
+        return _proxy_budget.uniform_start_check(proxies, sensitivity, trial)
+
+    def _enqueue_uniform_starts(self, sensitivity: Sensitivity, trial: float) -> None:
         """Queue, per one-shot budget, the uniform start (:meth:`best_uniform`) where there is one, if looking
         for them pays (:meth:`check_pays`; the decision is stored in the study)."""
         budgets = self.one_shot_budgets(ONE_SHOT_BUDGETS)
-        decision = self.check_pays(sensitivity, budgets)
+        decision = self.check_pays(sensitivity, budgets, trial)
         self.study.set_user_attr(UNIFORM_START_CHECK_ATTR, decision)
         costs = f"~{decision['check_seconds']:.1f} s of proxies; a full evaluation >= {decision['trial_seconds']:.1f} s"
         if not decision["ran"]:
@@ -342,20 +355,3 @@ class AllocatingProposer:
             if cheaper:
                 picks[other] = max(cheaper, key=lambda o: o[1])[0]
         return picks if self._allocator.cost(picks) <= limit + 1e-12 else None
-
-
-def training_step_seconds(evaluator: Evaluator, repeats: int = 3) -> float:
-    """Seconds of one training step (forward and backward of a fine-tune batch) of a copy of the dense model: the
-    fastest of ``repeats`` (the first pays one-off costs)."""
-    model = copy.deepcopy(evaluator.model).to(evaluator.device).train()
-    inputs, _ = evaluator.train_batches[0]
-    fastest = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with evaluator.autocast():
-            outputs = evaluator.adapter.forward(model, inputs)
-        outputs.float().square().mean().backward()  # any loss: the backward pass costs the same
-        if evaluator.device.type == "cuda":
-            torch.cuda.synchronize(evaluator.device)
-        fastest = min(fastest, time.perf_counter() - start)
-    return fastest
