@@ -223,6 +223,24 @@ def test_a_new_study_screens_what_it_affords_and_a_resumed_one_what_it_stored(
     assert resumed.proposer.screen_size == expected
 
 
+def test_a_trial_whose_candidates_were_all_measured_takes_an_unmeasured_variant(tiny_task, make_search):
+    search = allocate(tiny_task, make_search, targets={"macs": [0.5]}, screen=2)
+    search.optimize(1, show_progress=False)  # the one-shot trial
+    asked = []
+
+    def seen(config) -> bool:  # the trial's own candidates (asked first) count as measured, later ones do not
+        asked.append(config)
+        return len(asked) <= 2
+
+    search.proposer.seen = seen
+    search.optimize(1, show_progress=False)
+    trial = search.study.get_trials()[-1]
+    config = search.config(trial.number)
+    assert len(asked) > 2 and config in asked[2:] and config not in asked[:2]
+    assert trial.user_attrs["screened"] == 1 and "proxy_loss" not in trial.user_attrs  # the only one: not screened
+    assert trial.user_attrs["macs_ratio"] <= 0.5 + 1e-12
+
+
 def test_a_training_step_is_timed_on_a_copy_of_the_dense_model(tiny_task, make_search):
     search = allocate(tiny_task, make_search, targets={"macs": [0.5]})
     before = copy.deepcopy(search.evaluator.model.state_dict())

@@ -246,8 +246,7 @@ class AllocatingProposer:
         if self.screen_size > len(candidates) and not one_shot:
             rng = random.Random(self.seed * 1_000_003 + trial.number)
             candidates += self._variants(base, knobs, rng, self.screen_size - len(candidates))
-        fresh = [c for c in candidates if not self.seen(SearchSpace.to_config(self.layers, c))]
-        candidates = fresh or candidates[:1]  # a config measured before would only copy its measurements
+        candidates = candidates if one_shot else self._fresh(candidates, base, knobs, trial.number)
         chosen, loss = candidates[0], None
         if len(candidates) > 1:
             scores = [self._proxy_screen().score(SearchSpace.to_config(self.layers, c)).loss for c in candidates]
@@ -258,6 +257,18 @@ class AllocatingProposer:
             trial.set_user_attr(PROXY_LOSS, loss)
         trial.set_user_attr(FRACTIONS, {n: f for n, (m, f) in chosen.items() if f is not None})
         return SearchSpace.to_config(self.layers, chosen)
+
+    def _fresh(
+        self, candidates: list[dict[str, Pick]], base: Mapping[str, Pick], knobs: Knobs, number: int
+    ) -> list[dict[str, Pick]]:
+        """The candidates not measured before (a config measured before would only copy its measurements); if
+        every one was, one unmeasured variant near ``base`` (not screened: it is the only one), else the first.
+        With few candidates per trial (2 on the digits CNN) a sampler's knobs often land on measured configs."""
+        fresh = [c for c in candidates if not self.seen(SearchSpace.to_config(self.layers, c))]
+        if not fresh:
+            variants = self._variants(base, knobs, random.Random(self.seed * 1_000_003 + number + 500_009), 8)
+            fresh = [c for c in variants if not self.seen(SearchSpace.to_config(self.layers, c))][:1]
+        return fresh or candidates[:1]
 
     def uniform_configs(self, budget: float) -> list[CompressionConfig]:
         """Per method, the uniform baseline at ``budget`` (a fraction of the dense cost): every searched layer
