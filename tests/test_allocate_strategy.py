@@ -195,7 +195,7 @@ def test_screening_costs_at_most_half_a_full_evaluation(asked, proxy_seconds, tr
     assert decision == {"asked": asked, "screen": screen, "proxy_seconds": proxy_seconds, "trial_seconds": trial}
 
 
-@pytest.mark.parametrize("affordable", [0, 3, 100])
+@pytest.mark.parametrize("affordable", [0, 3])  # (all it asks for: the tests above, whose trials are costly)
 def test_a_new_study_screens_what_it_affords_and_a_resumed_one_what_it_stored(
     tiny_task, make_search, monkeypatch, tmp_path, affordable
 ):
@@ -207,12 +207,12 @@ def test_a_new_study_screens_what_it_affords_and_a_resumed_one_what_it_stored(
     monkeypatch.setattr(_proxy_budget, "training_step_seconds", lambda evaluator: step)
     lines = []
     search.prepare(log=lines.append)
-    expected = {0: 1, 3: 3, 100: 5}[affordable]
+    expected = {0: 1, 3: 3}[affordable]
     stored = search.study.user_attrs["screen_check"]
     assert stored["screen"] == search.proposer.screen_size == expected and stored["asked"] == 5
     assert stored["trial_seconds"] == pytest.approx(steps * step) and stored["proxy_seconds"] == proxy
-    assert any(line.startswith(f"screening: {expected} of the 5") for line in lines) == (expected < 5)
-    search.optimize(5, show_progress=False)
+    assert any(line.startswith(f"screening: {expected} of the 5") for line in lines)
+    search.optimize(4, show_progress=False)
     trials = search.study.get_trials(states=(COMPLETE,))
     searched = [t for t in trials if not {"one_shot", "fixed_config"} & t.user_attrs.keys()]
     assert searched and all(1 <= t.user_attrs["screened"] <= expected for t in searched)
