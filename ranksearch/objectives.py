@@ -68,7 +68,7 @@ config, screened by a cheap proxy among nearby variants. ``per-layer``: the samp
 method and grid level itself."""
 DEFAULT_STRATEGY = "allocate"
 DEFAULT_SCREEN = 8
-"""Candidates scored by the proxy per trial of the ``allocate`` strategy (the best earns the fine-tune)."""
+"""Candidates scored by the proxy per trial of the ``allocate`` strategy, at most (the best earns the fine-tune)."""
 ONE_SHOT_BUDGETS = (0.1, 0.25, 0.5)
 """MACs budgets of the one-shot allocations tried first when a study names no targets."""
 TARGET_KINDS = ("macs", "params", "latency", "memory")

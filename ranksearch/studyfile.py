@@ -98,7 +98,8 @@ class StudySection:
         strategy: ``allocate`` (sensitivity curves + knob search, the default) or ``per-layer``.
         targets: budgets to aim at, e.g. ``{ macs = [0.1, 0.25, 0.5] }`` (fractions of dense; macs, params,
             latency); the report shows the best trial per target.
-        screen: candidates the proxy scores per ``allocate`` trial (1: no screening).
+        screen: candidates the proxy scores per ``allocate`` trial, at most (1: no screening; fewer where proxies
+            are not cheap against a full evaluation).
     """
 
     name: str = ""

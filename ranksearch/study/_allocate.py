@@ -69,7 +69,8 @@ class AllocatingProposer:
         layers: the searched layers' choices.
         targets: ``{cost: fractions}``; the first of ``macs`` / ``params`` named is the allocation's cost
             (MACs without one) and its fractions are the budgets trials aim at. Empty: a free budget.
-        screen: candidates scored by the proxy per trial (1: the allocation alone).
+        screen: candidates scored by the proxy per trial, at most (1: the allocation alone; a new study screens
+            what its proxy budget affords, :func:`~._proxy_budget.screen_decision`).
         proxy: the proxy's settings.
         seed: seeds the variants (with the trial number).
         log: receives progress lines of the sensitivity pass.

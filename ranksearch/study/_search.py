@@ -77,7 +77,8 @@ class RankSearch:
         targets: budgets the search aims at, ``{"macs": [0.1, 0.25, 0.5]}`` (also ``params``, ``latency``;
             fractions of dense): ``allocate`` trials are spent at and just under them, and the report shows
             the best trial per target. None: a free budget.
-        screen: candidates the proxy scores per ``allocate`` trial; the best earns the fine-tune (1: none).
+        screen: candidates the proxy scores per ``allocate`` trial, at most (a new study screens only as many as cost
+            at most half a full evaluation: ``screen_check`` in its attributes); the best earns the fine-tune.
         proxy: how the proxy (sensitivity curves, screening) is measured.
         warm_start: with ``per-layer``: grid fractions of the uniform configs enqueued first, after the
             dense model. With ``allocate`` the study starts instead with the one-shot allocation at each
