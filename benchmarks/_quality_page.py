@@ -53,13 +53,14 @@ def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budg
     """The best config of ``arm`` (``seed``) at <= ``budget`` MACs, fine-tuned ``epochs`` epochs, then measured on
     the whole validation set: ``{"accuracy", "macs", "brief accuracy", "seconds"}`` (CPU seconds, over every
     invocation). The longer fine-tune clips and distils as the brief one does, and keeps a checkpoint after each
-    epoch under ``final/`` (named by the config, so a changed choice starts afresh): an interrupted run resumes."""
+    epoch under ``final/``, named by the config alone: an interrupted run resumes, a changed choice starts afresh,
+    and a config chosen again (the search's best at <= 20% is often its best at <= 10%) is only loaded."""
     best = best_under(store.frame(), arm, budget, seed)
     if best is None:
         return {"accuracy": None, "skipped": f"no {arm} point at <= {budget:.0%} MACs"}
     config = CompressionConfig.from_dict(best["config"])
     digest = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    checkpoint = store.folder / "final" / f"{arm}-{seed}@{budget}-{digest}.pt"
+    checkpoint = store.folder / "final" / f"{digest}.pt"
     checkpoint.parent.mkdir(exist_ok=True)
     clock_name, start = f"final {arm}@{budget}", [cpu_clock()]
 
