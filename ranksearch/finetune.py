@@ -57,9 +57,8 @@ def finetune_epochs(
     ``grad_clip`` clips the gradient norm before each step (CP chains blow up at their dense layer's lr), both
     as in the brief fine-tune.
 
-    ``checkpoint``: a file written after every epoch (model, optimizer, random generators, losses). If it exists,
-    training resumes after its epochs to the weights of one uninterrupted run (a finished one is only loaded;
-    torch's CPU generator and the loader's are kept, CUDA's is not: dropout on a GPU draws anew).
+    ``checkpoint``: a file written after every epoch (model, optimizer, torch's CPU and the loader's generators,
+    losses). If it exists, training resumes after its epochs to the weights of one uninterrupted run (on a CPU).
 
     Returns the mean training loss of each epoch; logs one line per epoch. Raises on a non-finite loss.
     """
