@@ -4,7 +4,8 @@ The search fine-tunes each trial for a few steps on fixed batches so trials are 
 chosen config deserves full epochs over the training set, with cosine learning-rate decay. Batches are
 read by a :class:`~ranksearch.adapters.BatchAdapter`; batches without labels are distilled from the dense
 model (``teacher``). Given a ``checkpoint`` file, the state after each epoch is kept there, so a long fine-tune
-that is interrupted resumes after its last finished epoch and ends with the weights an uninterrupted run gives.
+that is interrupted resumes after its last finished epoch and ends with the weights an uninterrupted run gives
+(on a CPU: CUDA's generator is not kept); a finished one is only loaded.
 """
 
 from __future__ import annotations
