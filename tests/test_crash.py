@@ -3,10 +3,13 @@ failed (through the storage heartbeat) when the study resumes, never left runnin
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -17,13 +20,16 @@ from ranksearch.cli import main
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")]
 
 
-def wait_for_a_running_trial(storage: str, timeout: float) -> None:
-    """Return once the study in ``storage`` has a running trial (the next one, after the stored trial 0)."""
+def wait_for_a_running_trial(database: Path, timeout: float) -> None:
+    """Return once the study's SQLite ``database`` has a running trial (the next one, after the stored trial 0)
+    whose heartbeat is recorded: a trial killed before its first heartbeat is never found stale (Optuna's
+    heartbeat thread starts just after the trial is created), and would stay running."""
+    query = "SELECT 1 FROM trials JOIN trial_heartbeats USING (trial_id) WHERE trials.state = 'RUNNING'"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        trials = optuna.load_study(study_name="tiny", storage=storage).get_trials(deepcopy=False)
-        if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
-            return
+        with contextlib.closing(sqlite3.connect(database, timeout=5)) as connection:
+            if connection.execute(query).fetchone():
+                return
         time.sleep(0.02)
     raise AssertionError(f"no trial started within {timeout} s")
 
@@ -40,7 +46,7 @@ def test_a_killed_worker_loses_no_finished_trial_and_its_trial_fails_on_resume(t
         for line in worker.stdout:  # wait until trial 0 is stored, then kill the worker inside trial 1
             if line.startswith("[1/4] trial 0:"):
                 break
-        wait_for_a_running_trial(storage, timeout=60)
+        wait_for_a_running_trial(tmp_path / "tiny.db", timeout=60)
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
