@@ -53,7 +53,10 @@ def test_a_killed_worker_loses_no_finished_trial_and_its_trial_fails_on_resume(t
         worker.stdout.close()
     states = [t.state for t in optuna.load_study(study_name="tiny", storage=storage).trials]
     assert states[0] == optuna.trial.TrialState.COMPLETE and optuna.trial.TrialState.RUNNING in states
-    time.sleep(2.5)  # silent for longer than the grace period (2 x heartbeat)
+    # Silent for longer than the grace period (2 x heartbeat) by more than a second: SQLite's timestamps are whole
+    # seconds, so after 2.5 s the last heartbeat could still look 2 s old, not stale (the resumed run then had
+    # nothing left to run: the killed trial held the budget's last slot).
+    time.sleep(3.5)
 
     assert main(["run", str(path), "--n-trials", "2", "--no-report"]) == 0
     assert "1/2 trials done, running 1" in capsys.readouterr().out  # the killed trial is not counted as done
