@@ -77,7 +77,7 @@ def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budg
     accuracy = evaluate_accuracy(compressed, val_loader, evaluator.device)
     seconds = store.clock(clock_name, cpu_clock() - start[0])["seconds"]
     return {"accuracy": accuracy, "macs": float(best["macs"]), "brief accuracy": float(best["accuracy"]),
-            "seconds": seconds}  # fmt: skip
+            "seconds": seconds, "chosen by": arm if seed is None else f"{arm}-{seed}"}  # fmt: skip
 
 
 def final_rows(store, budgets, epochs) -> tuple[pd.DataFrame, float] | None:
@@ -91,7 +91,8 @@ def final_rows(store, budgets, epochs) -> tuple[pd.DataFrame, float] | None:
             entry = done.get(f"{arm}@{budget}")
             if not entry or entry.get("accuracy") is None:
                 continue
-            rows.append({"budget": budget, "arm": arm, "macs": entry["macs"], "brief accuracy": entry["brief accuracy"],
+            rows.append({"budget": budget, "arm": arm, "chosen by": entry.get("chosen by", arm), "macs": entry["macs"],
+                         "brief accuracy": entry["brief accuracy"],
                          f"after {epochs} epochs": entry["accuracy"],
                          "vs dense (points)": 100 * (entry["accuracy"] - done["dense"]),
                          "seconds": entry["seconds"]})  # fmt: skip

@@ -78,6 +78,8 @@ SEARCH_ARMS = {
     "at-target": {"strategy": "allocate", "sampler": "tpe"},
     "no-uniform-start": {"strategy": "allocate", "sampler": "tpe"},
 }
+AIMED = "ranksearch aimed at "
+"""Prefix of the default search aimed at one longer-fine-tune budget that is not among the targets."""
 PATCHES_OF_ARM = {
     "at-target": {(_allocate, "SLACK_RANGE"): (1.0, 1.0)},
     "no-uniform-start": {(_allocate, "UNIFORM_STARTS"): False},
@@ -223,8 +225,11 @@ class Bench:
         searches = [(a, s) for a in ["ranksearch", *[a for a in arms if a != "ranksearch"]] for s in seeds]
         search_units = [self._search(arm, seed, head, checkpoint) for arm, seed in searches]
         units += search_units[: len(seeds)]
+        units += [self._search(self.final_source(b), 0, head, checkpoint, [b])
+                  for b in self.final_budgets if b not in targets]  # fmt: skip
         for budget in self.final_budgets:
-            for arm, after in (("ranksearch", ["ranksearch-0"]), ("uniform tucker2", [f"uniform tucker2@{budget}"])):
+            ours = [f"{self.final_source(budget)}-0"]
+            for arm, after in (("ranksearch", ours), ("uniform tucker2", [f"uniform tucker2@{budget}"])):
                 key = f"{arm}@{budget}"
                 units.append(Unit(f"final {key}", lambda a=arm, b=budget: self._final(a, b),
                                   lambda k=key: k in store.read_json("final.json"), after))  # fmt: skip
@@ -245,10 +250,11 @@ class Bench:
         return Unit(f"one-shot@{budget}", lambda: self._run_one_shot(budget),
                     lambda: self.store.has("one-shot", None, budget), ("sensitivity",))  # fmt: skip
 
-    def _search(self, arm: str, seed: int, head: list[str], checkpoint: Callable[[], None]) -> Unit:
+    def _search(self, arm: str, seed: int, head: list[str], checkpoint: Callable[[], None],
+                targets: list[float] | None = None) -> Unit:  # fmt: skip
         def run() -> None:
             run_search(self.store, arm, seed, self.search_wall(), self.model, self.train_loader, self.val_loader,
-                       self.study_file, self.settings, self.targets, self.out)  # fmt: skip
+                       self.study_file, self.settings, targets or self.targets, self.out)  # fmt: skip
             checkpoint()
 
         return Unit(f"{arm}-{seed}", run, lambda: bool(self.store.clock(f"{arm}-{seed}").get("done")), head)
@@ -330,12 +336,18 @@ class Bench:
                                      cache=self.evaluator.cache)  # fmt: skip
         evaluate_point(self.store, self._taught, f"{prefix} {arm}", target, CompressionConfig.from_dict(base["config"]))
 
+    def final_source(self, budget: float) -> str:
+        """The search whose choice at <= ``budget`` gets the longer fine-tune: the default search (seed 0) where
+        ``budget`` is one of its targets, else the default search aimed at ``budget`` alone (a user who cares
+        about 20% names 20%; a search aimed at 10 / 25 / 50% spends almost nothing between 10% and 25%)."""
+        return "ranksearch" if budget in self.targets else f"{AIMED}{budget:g}"
+
     def _final(self, arm: str, budget: float) -> None:
         if "dense" not in self.store.read_json("final.json"):
             dense = evaluate_accuracy(self.model, self.val_loader, self.evaluator.device)
             self.store.update_json("final.json", lambda done: done.setdefault("dense", dense))
-        seed = 0 if arm == "ranksearch" else None
-        result = final_run(self.store, self.evaluator, self.model, self.train_loader, self.val_loader, arm, seed,
+        source, seed = (self.final_source(budget), 0) if arm == "ranksearch" else (arm, None)
+        result = final_run(self.store, self.evaluator, self.model, self.train_loader, self.val_loader, source, seed,
                            budget, self.args.final_epochs)  # fmt: skip
         self.store.update_json("final.json", lambda done: done.update({f"{arm}@{budget}": result}))
 
@@ -388,7 +400,7 @@ def run_search(store, arm, seed, wall, model, train_loader, val_loader, study_fi
     name = f"{arm}-{seed}"
     if store.clock(name).get("done"):
         return
-    options = dict(SEARCH_ARMS[arm])
+    options = dict(SEARCH_ARMS["ranksearch" if arm.startswith(AIMED) else arm])
     with patched(PATCHES_OF_ARM.get(arm, {})):
         _run_search(store, name, arm, seed, wall, options, model, train_loader, val_loader, study_file, settings,
                     targets, out)  # fmt: skip
@@ -445,7 +457,8 @@ def _run_search(store, name, arm, seed, wall, options, model, train_loader, val_
 def summarize(store: PointStore, dense_accuracy: float, targets: list[float]) -> pd.DataFrame:
     """Per arm: runs, configs per run, mean (and spread) of the front metrics over seeds, wall seconds."""
     frame = store.frame()
-    frame = frame[frame["accuracy"].notna() & ~frame["arm"].str.startswith(("distill ", "labels-only "))].copy()
+    skipped = ("distill ", "labels-only ", AIMED)  # the distillation check; searches aimed at a final budget alone
+    frame = frame[frame["accuracy"].notna() & ~frame["arm"].str.startswith(skipped)].copy()
     # a search's repeated configs (copied measurements, no evaluation) are one point
     configs = frame["config"] if "config" in frame else [None] * len(frame)
     frame["config_key"] = [
