@@ -156,6 +156,21 @@ def test_choose_by_number_and_by_rules(toy):
     assert choose(toy, max_accuracy_drop=0.06).trial == 1  # dense 0.95 - 0.06 = 0.89
     assert choose(toy, min_accuracy=0.9, max_costs={"macs": 0.4}).trial == 1
     assert "knee of accuracy vs macs" in choose(toy, knee=True).rule
+    assert choose(toy, max_costs={"macs": 0.5}).note == ""  # a study without targets: nothing to say
+
+
+def test_a_cap_between_the_studys_targets_that_its_pick_underspends_gets_a_note():
+    records = [record(0, 0.95, 1.0, methods=("dense",) * 3), record(1, 0.9, 0.1), record(2, 0.93, 0.25)]
+    aimed = make_results(records, settings={"targets": {"macs": [0.25, 0.1]}})
+    assert choose(aimed, max_costs={"macs": 0.2}).note == (
+        "this study aimed at macs 0.1, 0.25, not 0.2, and its best trial under 0.2 uses 0.100; "
+        "a study that names 0.2 as a target (targets = { macs = [0.2] }) searches there"
+    )
+    assert choose(aimed, max_costs={"macs": 0.25}).note == ""  # a target
+    assert choose(aimed, max_costs={"macs": 0.12}).note == ""  # 0.1 spends 83% of it
+    assert choose(aimed, max_costs={"params": 0.2}).note == ""  # no params target
+    assert choose(make_results(records), max_costs={"macs": 0.2}).note == ""  # no targets
+    assert choose(aimed, trial=1).note == "" and choose(aimed, min_accuracy=0.9).note == ""
 
 
 def test_knee_point_of_a_known_curve():

@@ -340,6 +340,8 @@ class RankSearch:
         results = self.results()
         choice = choose(results, **rule)
         log(f"chosen: {choice.rule}")
+        if choice.note:
+            log(f"note: {choice.note}")
         if folder is None:
             if self.storage_url is None:
                 raise RanksearchError("an in-memory study has no report folder: give export a folder")
