@@ -49,6 +49,18 @@ def _fine_tune(evaluator) -> str:
     return f"{s.finetune_steps} SGD steps at lr {s.lr:g}, {distill}{clip}"
 
 
+def longer_finetune(evaluator, model, config, train_loader, epochs, *, lr=0.01, log=print, checkpoint=None):
+    """``config`` applied to ``model``, BatchNorm recalibrated, then fine-tuned ``epochs`` epochs (cosine decay
+    from ``lr``) with the brief fine-tune's gradient clipping and distillation from ``model``: the benchmarks'
+    longer fine-tune, in one place. Returns the compressed model."""
+    compressed = ranksearch.apply(model, config, cache=evaluator.cache)
+    evaluator.recalibrate(compressed)
+    finetune_epochs(compressed, train_loader, epochs=epochs, lr=lr, device=evaluator.device,
+                    grad_clip=evaluator.settings.grad_clip, distill=evaluator.distill, teacher=model, log=log,
+                    checkpoint=checkpoint)  # fmt: skip
+    return compressed
+
+
 def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budget, epochs) -> dict:
     """The best config of ``arm`` (``seed``) at <= ``budget`` MACs, fine-tuned ``epochs`` epochs, then measured on
     the whole validation set: ``{"accuracy", "macs", "brief accuracy", "seconds"}`` (CPU seconds, over every
@@ -69,11 +81,7 @@ def final_run(store, evaluator, model, train_loader, val_loader, arm, seed, budg
         store.clock(clock_name, cpu_clock() - start[0])
         start[0] = cpu_clock()
 
-    compressed = ranksearch.apply(model, config, cache=evaluator.cache)
-    evaluator.recalibrate(compressed)
-    finetune_epochs(compressed, train_loader, epochs=epochs, lr=0.01, device=evaluator.device,
-                    grad_clip=evaluator.settings.grad_clip, distill=evaluator.distill, teacher=model, log=log,
-                    checkpoint=checkpoint)  # fmt: skip
+    compressed = longer_finetune(evaluator, model, config, train_loader, epochs, log=log, checkpoint=checkpoint)
     accuracy = evaluate_accuracy(compressed, val_loader, evaluator.device)
     seconds = store.clock(clock_name, cpu_clock() - start[0])["seconds"]
     return {"accuracy": accuracy, "macs": float(best["macs"]), "brief accuracy": float(best["accuracy"]),

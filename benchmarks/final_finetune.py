@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 from _quality import baseline_families  # benchmarks/ is the script's folder, on sys.path
+from _quality_page import longer_finetune
 
 import ranksearch
 from ranksearch.evaluator import Evaluator
-from ranksearch.finetune import finetune_epochs
 from ranksearch.runner import load_data, load_model
 from ranksearch.studyfile import load_study_file
 from ranksearch.training import augment_batch, evaluate_accuracy
@@ -70,13 +70,10 @@ def main() -> None:
     else:
         layers = list(study_file.space.layers(model, shape))
         config = baseline_families(model, layers, shape, evaluator.cache)[args.family](args.budget)
-    compressed = ranksearch.apply(model, config, cache=evaluator.cache)
-    macs = ranksearch.count(compressed, shape).macs / evaluator.dense.macs
-    evaluator.recalibrate(compressed)
     start = time.process_time()
     loader = Augmented(data.train_loader) if args.augment else data.train_loader
-    finetune_epochs(compressed, loader, epochs=args.epochs, lr=args.lr, device=evaluator.device,
-                    grad_clip=evaluator.settings.grad_clip, distill=evaluator.distill, teacher=model)  # fmt: skip
+    compressed = longer_finetune(evaluator, model, config, loader, args.epochs, lr=args.lr)
+    macs = ranksearch.count(compressed, shape).macs / evaluator.dense.macs
     accuracy = evaluate_accuracy(compressed, data.val_loader, evaluator.device)
     dense = evaluate_accuracy(model, data.val_loader, evaluator.device)
     row = {"study": args.study, "config": args.config or f"{args.family}@{args.budget:g}", "macs": macs,
