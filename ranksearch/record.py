@@ -89,7 +89,7 @@ OVER_BUDGET = "over_budget"
 FIXED_CONFIG = "fixed_config"  # set on an enqueued trial: evaluate exactly this config (a warm start)
 ONE_SHOT = "one_shot"  # set on an enqueued trial: the plain allocation of its knobs, not screened
 UNIFORM_START = "uniform_start"  # set on an enqueued fixed config: the proxy's best uniform config at a target,
-# queued after the sensitivity pass where the proxy ranks it above the one-shot allocation there
+# queued after the sensitivity pass (after the one-shot allocations)
 FRACTIONS = "fractions"  # {layer: grid fraction} of an allocated config (its params are knobs)
 SCREENED = "screened"  # candidates the proxy scored for this trial (1: none screened)
 PROXY_LOSS = "proxy_loss"  # the proxy loss of the evaluated config (the screening's first fidelity)
