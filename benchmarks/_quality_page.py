@@ -49,15 +49,28 @@ def _fine_tune(evaluator) -> str:
     return f"{s.finetune_steps} SGD steps at lr {s.lr:g}, {distill}{clip}"
 
 
-def longer_finetune(evaluator, model, config, train_loader, epochs, *, lr=0.01, log=print, checkpoint=None):
+def longer_finetune(evaluator, model, config, train_loader, epochs, *, lr=0.01, log=print, checkpoint=None,
+                    order_seed=0):  # fmt: skip
     """``config`` applied to ``model``, BatchNorm recalibrated, then fine-tuned ``epochs`` epochs (cosine decay
     from ``lr``) with the brief fine-tune's gradient clipping and distillation from ``model``: the benchmarks'
-    longer fine-tune, in one place. Returns the compressed model."""
+    longer fine-tune, in one place. Returns the compressed model.
+
+    The training loader's shuffling generator (where it has one) starts from ``order_seed`` and is given back
+    as it was: every config sees the same batches in the same order, whatever ran before it (the finals of a
+    benchmark no longer depend on their order)."""
     compressed = ranksearch.apply(model, config, cache=evaluator.cache)
     evaluator.recalibrate(compressed)
-    finetune_epochs(compressed, train_loader, epochs=epochs, lr=lr, device=evaluator.device,
-                    grad_clip=evaluator.settings.grad_clip, distill=evaluator.distill, teacher=model, log=log,
-                    checkpoint=checkpoint)  # fmt: skip
+    generator = getattr(train_loader, "generator", None)
+    saved = generator.get_state() if isinstance(generator, torch.Generator) else None
+    if saved is not None:
+        generator.manual_seed(order_seed)
+    try:
+        finetune_epochs(compressed, train_loader, epochs=epochs, lr=lr, device=evaluator.device,
+                        grad_clip=evaluator.settings.grad_clip, distill=evaluator.distill, teacher=model, log=log,
+                        checkpoint=checkpoint)  # fmt: skip
+    finally:
+        if saved is not None:
+            generator.set_state(saved)
     return compressed
 
 
