@@ -58,10 +58,13 @@ def measure(choice: dict, evaluator: Evaluator, val_loader, subset: int, whole: 
 
 
 def _stored(folder: Path, arms: list[str], targets: list[float]) -> tuple[list[dict], dict[tuple, dict]]:
-    """The current choices and the rows measured so far (by arm, seed, target and config)."""
-    out = folder / "heldout.jsonl"
+    """The current choices and the rows measured so far (by arm, seed, target and config); no choices before
+    any point is stored (a new run)."""
+    out, points = folder / "heldout.jsonl", folder / "points.jsonl"
     done = {_key(row): row for row in map(json.loads, out.open())} if out.exists() else {}
-    return chosen(pd.read_json(folder / "points.jsonl", lines=True), arms, targets), done
+    if not points.exists():
+        return [], done
+    return chosen(pd.read_json(points, lines=True), arms, targets), done
 
 
 def pending(folder: Path, arms: list[str], targets: list[float]) -> int:
