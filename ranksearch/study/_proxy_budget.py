@@ -5,9 +5,10 @@ full evaluation costs many of them: on ResNet-20 / Fashion-MNIST a full evaluati
 proxies (60 of the sensitivity pass's lighter ones), and screening 8 candidates per trial and ranking the uniform
 configs pay (``benchmarks/RESULTS_fashion.md``). On the digits CNN it costs about 5 (7), screening 8 candidates
 doubled each trial's cost (9-11 full trials in 30 trials' worth against 19 unscreened, which ended at least as
-good at every target: ``benchmarks/RESULTS.md``, arm ``no-screen``) and the uniform-start check took three
-trials' worth and never applied. A full evaluation's cost is estimated before any trial, as ``finetune_steps``
-timed training steps of the dense model (a lower bound: its recalibration and evaluation are left out).
+good at every target: ``benchmarks/RESULTS.md``, arm ``no-screen``) and the uniform-start check would cost
+about three trials' worth, for a start that fine-tunes 5 points under the allocation at 10%. A full
+evaluation's cost is estimated before any trial, as ``finetune_steps`` timed training steps of the dense model
+(a lower bound: its recalibration and evaluation are left out).
 """
 
 from __future__ import annotations

@@ -83,8 +83,7 @@ class RankSearch:
         warm_start: with ``per-layer``: grid fractions of the uniform configs enqueued first, after the
             dense model. With ``allocate`` the study starts instead with the one-shot allocation at each
             target (or at 10/25/50% MACs); once the sensitivity pass is measured, the uniform config (one
-            method, one kept-rank fraction) the proxy ranks best at each target where it ranks it above
-            the allocation is queued too.
+            method, one kept-rank fraction) the proxy ranks best at each target is queued too.
         warm_start_configs: more configs to try first (e.g. from :mod:`ranksearch.heuristics`), each
             snapped to the nearest ranks on the search grid (with ``allocate``: evaluated as they are).
         metric: ``metric(logits, targets) -> float`` replacing top-1 accuracy (higher is better).
