@@ -80,22 +80,26 @@ def test_a_race_for_the_last_slot_prunes_the_loser_before_it_evaluates(tiny_task
     assert winner.remaining(2) == 0
 
 
-def test_ctrl_c_while_a_trial_stores_its_record_is_run_again(tiny_task, tmp_path, monkeypatch, make_search):
+@pytest.mark.parametrize("key", ["accuracy", "interrupted"])  # half-way through its record; after all of it
+def test_ctrl_c_while_a_trial_stores_its_record_is_run_again(tiny_task, tmp_path, monkeypatch, make_search, key):
     search = make_search(tiny_task, storage=f"sqlite:///{tmp_path}/stop.db")
     real, stored = optuna.Trial.set_user_attr, []
 
-    def ctrl_c_while_storing_the_second_accuracy(trial, key, value):
-        stored.append(key)
-        if key == "accuracy" and stored.count("accuracy") == 2:
-            raise KeyboardInterrupt  # after the evaluation, half-way through its record
-        real(trial, key, value)
+    def ctrl_c_while_storing_the_second_trials_record(trial, name, value):
+        stored.append(name)
+        if name == "accuracy" and stored.count("accuracy") == 2 and key == "accuracy":
+            raise KeyboardInterrupt  # after the evaluation, before ``failure`` (None) is stored
+        real(trial, name, value)
+        if name == "failure" and stored.count("failure") == 2 and key == "interrupted":
+            raise KeyboardInterrupt  # the whole record stored, the trial not yet told complete
 
-    monkeypatch.setattr(optuna.Trial, "set_user_attr", ctrl_c_while_storing_the_second_accuracy)
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", ctrl_c_while_storing_the_second_trials_record)
     with pytest.raises(KeyboardInterrupt):
         search.optimize(budget=4, show_progress=False)
     second = search.study.trials[1]
     assert (second.state, second.user_attrs.get("interrupted")) == (FAIL, True)
-    assert "config" in second.user_attrs and "accuracy" not in second.user_attrs
+    assert "config" in second.user_attrs and ("accuracy" in second.user_attrs) == (key == "interrupted")
+    assert ("failure" in second.user_attrs) == (key == "interrupted") and second.user_attrs.get("failure") is None
     assert search.remaining(4) == 3  # not a failed evaluation: it is run again
     monkeypatch.undo()
     search.optimize(budget=4, show_progress=False)

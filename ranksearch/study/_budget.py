@@ -13,7 +13,7 @@ import warnings
 
 import optuna
 
-from ..record import OVER_BUDGET
+from ..record import INTERRUPTED, OVER_BUDGET
 
 __all__ = ["TrialBudget", "counts_against_budget", "fail_stale_trials", "finished_trials"]
 
@@ -21,8 +21,11 @@ COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState[state] for state in ("COMPLET
 
 
 def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial uses up budget: it is running, finished, or failed with a reason (a failed evaluation)."""
-    return trial.state != FAIL or "failure" in trial.user_attrs
+    """Whether a trial uses up budget: it is running, finished, or failed with a reason (a failed evaluation),
+    and not interrupted. Every record stores ``failure`` (None when the evaluation went well), so a trial that
+    Ctrl-C stopped after its record was stored is told apart by its ``interrupted`` mark alone."""
+    attrs = trial.user_attrs
+    return trial.state != FAIL or (attrs.get("failure") is not None and not attrs.get(INTERRUPTED))
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
