@@ -135,7 +135,7 @@ class AllocatingProposer:
 
     def check_pays(self, sensitivity: Sensitivity, budgets: tuple[float, ...], trial: float) -> dict[str, object]:
         """Whether looking for uniform starts at ``budgets`` costs less than one full evaluation (``trial``
-        seconds): :func:`~._proxy_budget.uniform_start_check` of the uniform configs and the allocation per budget
+        seconds): :func:`~._proxy_budget.uniform_start_check` of one uniform config per method and budget
         (counted without building the uniform configs: a check not run builds nothing). On the digits CNN it
         would cost more than a trial (uniform CP fine-tunes to 0.93 there against the allocation's 0.98, so a
         start would be a trial spent); on ResNet-20 / Fashion-MNIST it is about a third of one."""
