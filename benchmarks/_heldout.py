@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from _quality_page import BASELINES, best_under
+from _quality_page import BASELINES, best_under, signed_points
 
 from ranksearch.config import CompressionConfig
 from ranksearch.evaluator import Evaluator
@@ -46,13 +46,13 @@ def chosen(points: pd.DataFrame, arms: list[str], targets: list[float]) -> list[
 
 def measure(choice: dict, evaluator: Evaluator, val_loader, subset: int, whole: int) -> dict:
     """The brief fine-tune again, then the accuracy on the whole validation set and on the images outside the
-    subset (``whole`` images in all, ``subset`` of them in the evaluator's batches)."""
+    subset (``whole`` images in all, ``subset`` of them in the evaluator's batches; NaN when none is outside)."""
     start = time.process_time()
     result = evaluator.evaluate(CompressionConfig.from_dict(choice["config"]), keep_model=True)
     if result.failure is not None or result.model is None:
         return {**choice, "failure": result.failure or "no model", "cpu_seconds": time.process_time() - start}
     overall = evaluate_accuracy(result.model, val_loader, evaluator.device)
-    held_out = (overall * whole - result.accuracy * subset) / (whole - subset)
+    held_out = (overall * whole - result.accuracy * subset) / (whole - subset) if whole > subset else math.nan
     return {**choice, "again": result.accuracy, "whole": overall, "held_out": held_out,
             "cpu_seconds": time.process_time() - start}  # fmt: skip
 
@@ -118,8 +118,8 @@ def margins(frame: pd.DataFrame, targets: list[float]) -> list[str]:
         ours, best = frame.loc["ranksearch", column], baselines.idxmax()
         chosen_on = frame.loc["ranksearch", f"subset@{target:.0%}"] - frame.loc[best, f"subset@{target:.0%}"]
         lines.append(f"- <= {target:.0%} MACs, held out: ranksearch {ours:.4f} vs best baseline {best} "
-                     f"{baselines.max():.4f} ({100 * (ours - baselines.max()):+.2f} points; on the subset the "
-                     f"choices were made on, {100 * chosen_on:+.2f}).")  # fmt: skip
+                     f"{baselines.max():.4f} ({signed_points(ours - baselines.max())} points; on the subset the "
+                     f"choices were made on, {signed_points(chosen_on)}).")  # fmt: skip
     return lines
 
 

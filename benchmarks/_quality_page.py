@@ -131,13 +131,19 @@ def _margins(summary: pd.DataFrame, targets: list[float]) -> list[str]:
         if baselines.empty:
             continue
         best = baselines.idxmax()
-        margin = 100 * (ours - baselines.max())
+        margin = ours - baselines.max()
         line = f"- <= {target:.0%} MACs: ranksearch {ours:.4f} vs best baseline {best} {baselines.max():.4f}"
-        line += f" ({margin:+.2f} points)"
+        line += f" ({signed_points(margin)} points)"
         if "one-shot" in summary.index:
             line += f"; one-shot allocation {summary.loc['one-shot', column]:.4f}"
         lines.append(line + ".")
     return lines
+
+
+def signed_points(delta: float) -> str:
+    """An accuracy difference (a fraction) in points with its sign, e.g. ``+1.25``; a float error's ``-0.00`` is
+    ``+0.00`` (a mean of equal accuracies can come out a hair under their value)."""
+    return f"{round(100 * delta, 2) + 0.0:+.2f}"
 
 
 def subset_images(evaluator) -> int:
