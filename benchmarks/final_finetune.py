@@ -22,11 +22,9 @@ from pathlib import Path
 import torch
 from _quality import baseline_families  # benchmarks/ is the script's folder, on sys.path
 from _quality_page import longer_finetune
+from _study_setup import study_setup
 
 import ranksearch
-from ranksearch.evaluator import Evaluator
-from ranksearch.runner import load_data, load_model
-from ranksearch.studyfile import load_study_file
 from ranksearch.training import augment_batch, evaluate_accuracy
 
 
@@ -60,10 +58,8 @@ class Augmented:
 
 def main() -> None:
     args = parse_args()
-    study_file = load_study_file(args.study)
-    data = load_data(study_file)
-    model = load_model(study_file, data.splits)
-    evaluator = Evaluator(model, data.train_loader, data.val_loader, study_file.evaluator)
+    setup = study_setup(args.study)
+    study_file, data, model, evaluator = setup.study_file, setup.data, setup.model, setup.evaluator
     shape = evaluator.dense.input_shape
     if args.config:
         config = ranksearch.CompressionConfig.load(args.config)

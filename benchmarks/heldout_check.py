@@ -18,10 +18,7 @@ import torch
 from _heldout import DEFAULT_ARMS, heldout_rows, section
 from _machine import cpu_model  # benchmarks/ is the script's folder, on sys.path
 from _quality_page import subset_images
-
-from ranksearch.evaluator import Evaluator
-from ranksearch.runner import load_data, load_model
-from ranksearch.studyfile import load_study_file
+from _study_setup import study_setup
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,10 +36,8 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
     targets = [float(t) for t in args.targets.split(",")]
-    study_file = load_study_file(args.study)
-    data = load_data(study_file)  # the study's loaders, as search_quality.py and ranksearch run build them
-    model = load_model(study_file, data.splits, print)
-    evaluator = Evaluator(model, data.train_loader, data.val_loader, study_file.evaluator)
+    setup = study_setup(args.study)  # the study's loaders, as search_quality.py and ranksearch run build them
+    data, evaluator = setup.data, setup.evaluator
     subset, whole = subset_images(evaluator), len(data.val_loader.dataset)
     if subset >= whole:
         raise SystemExit(f"the evaluator uses the whole validation set ({whole} images): nothing is held out")

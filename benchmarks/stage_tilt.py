@@ -31,15 +31,13 @@ from pathlib import Path
 import torch
 from _heldout import measure  # benchmarks/ is the script's folder, on sys.path
 from _quality_page import subset_images
+from _study_setup import study_setup
 from torch import nn
 
 from ranksearch import CompressionConfig, count
 from ranksearch.decompositions import get_method
-from ranksearch.evaluator import Evaluator
 from ranksearch.heuristics import uniform_config
 from ranksearch.latency import layer_inputs
-from ranksearch.runner import load_data, load_model
-from ranksearch.studyfile import load_study_file
 
 
 def parse_args() -> argparse.Namespace:
@@ -122,10 +120,8 @@ def tilts(args: argparse.Namespace, groups: dict[str, list[str]]) -> list[tuple[
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
-    study_file = load_study_file(args.study)
-    data = load_data(study_file)
-    model = load_model(study_file, data.splits)
-    evaluator = Evaluator(model, data.train_loader, data.val_loader, study_file.evaluator)
+    setup = study_setup(args.study)
+    study_file, data, model, evaluator = setup.study_file, setup.data, setup.model, setup.evaluator
     shape = evaluator.dense.input_shape
     method = get_method(args.method)
     searched = study_file.space.layers(model, shape)
